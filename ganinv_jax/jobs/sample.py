@@ -1,0 +1,35 @@
+"""Task `sample`: a grid of samples from the configured generator.
+
+Writes `samples.png` (grid) and `samples.npz` (z, ws, images in [-1, 1]) to the workdir.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from ganinv_jax import imageio, pretrained
+
+
+def run(config, workdir: str) -> None:
+    gan = pretrained.load(config.generator)
+    cfg = config.sample
+    key = jax.random.PRNGKey(config.seed)
+    z_key, noise_key = jax.random.split(key)
+    z = jax.random.normal(z_key, (cfg.num, gan.config.z_dim))
+    c = None
+    if gan.config.c_dim:
+        labels = np.arange(cfg.num) % gan.config.c_dim
+        c = jax.nn.one_hot(labels, gan.config.c_dim)
+    ws = jax.jit(gan.mapping, static_argnames="truncation_psi")(z, c, truncation_psi=cfg.truncation_psi)
+    images = jax.jit(gan.synthesis, static_argnames="noise_mode")(
+        ws, noise_mode=cfg.noise_mode, key=noise_key)
+    images = np.asarray(images)
+    grid = imageio.make_grid(images, ncols=int(np.ceil(np.sqrt(cfg.num))))
+    if jax.process_index() == 0:
+        imageio.save_png(os.path.join(workdir, "samples.png"), grid)
+        np.savez(os.path.join(workdir, "samples.npz"), z=np.asarray(z), ws=np.asarray(ws),
+                 images=images)
+    logging.info("wrote %d samples to %s", cfg.num, os.path.join(workdir, "samples.png"))
