@@ -1,0 +1,215 @@
+"""The per-image method interface and the frozen (broadcast) inputs every method sees.
+
+A method is written for ONE image and is a set of pure functions of pytrees:
+
+  init(key, image [H,W,C], frozen, init_latent [num_ws,w_dim], cfg) -> state
+  step(state, frozen, cfg) -> (state, metrics)     # metrics: dict of scalars (one image)
+  result(state, frozen, cfg) -> {'latent': [num_ws,w_dim], 'recon': [H,W,C], 'tuned': pytree|None,
+                                  ...method extras}
+  converged(metrics, cfg) -> bool scalar           # the method's own stop criterion
+
+(`cfg` is a static `ml_collections.ConfigDict`; the engine closes over it.) The engine
+(`engine.invert_batch`) maps these over a batch of images, keeps per-image convergence masks and
+iteration counts, and shards the image axis over devices. `Frozen` holds what every image shares:
+the base generator (and D for Clone), the LPIPS weights, an optional real-image batch and W
+statistics. It is broadcast (`in_axes=None` / replicated over the mesh), never stacked per image.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ganinv_jax.losses import common as loss_common
+from ganinv_jax.losses import lpips as lpips_lib
+from ganinv_jax.models import stylegan2 as sg2
+
+Array = jax.Array
+PyTree = Any
+
+
+class Method(NamedTuple):
+    """A per-image inversion method: pure functions plus its default config."""
+    name: str
+    init: Callable[..., PyTree]
+    step: Callable[..., tuple[PyTree, dict]]
+    result: Callable[..., dict]
+    default_config: Callable[[], ml_collections.ConfigDict]
+    converged: Callable[[dict, ml_collections.ConfigDict], Array]
+    tunes_weights: bool = True      # per-image generator weights (drives the 'auto' strategy)
+
+
+@flax.struct.dataclass
+class Frozen:
+    """Shared, never-stacked inputs of a batch inversion (a pytree; architecture fields static).
+
+    g: generator variables {'params': ..., 'buffers': ...} (the base G, e.g. G_ema).
+    d: discriminator variables {'params': ...} or None (Clone needs it).
+    lpips: LPIPS params from `losses.lpips.load_lpips_params`, or None.
+    reals: [M,H,W,C] images from G's training distribution for Clone's global loss, or None
+      (Clone then falls back to samples of the frozen original G).
+    w_avg, w_std: mean of w = mapping(z) and the projector's scalar spread sqrt(E|w - w_avg|^2).
+    g_cfg: the StyleGAN2Config (static). lpips_net: 'vgg' | 'alex' (static).
+    id_loss: optional feature loss (x, y, NHWC batches) -> [N] for GMM's identity term (static).
+    """
+    g: PyTree
+    w_avg: Array
+    w_std: Array
+    g_cfg: sg2.StyleGAN2Config = flax.struct.field(pytree_node=False)
+    d: Optional[PyTree] = None
+    lpips: Optional[PyTree] = None
+    reals: Optional[Array] = None
+    lpips_net: str = flax.struct.field(pytree_node=False, default="vgg")
+    id_loss: Optional[Callable] = flax.struct.field(pytree_node=False, default=None)
+
+
+def w_statistics(g_cfg: sg2.StyleGAN2Config, g_vars: PyTree, n: int = 10000,
+                 seed: int = 123) -> tuple[Array, Array]:
+    """(w_avg [w_dim], w_std scalar) from `n` samples of the mapping network, as the StyleGAN2
+    projector computes them (w_std = sqrt(sum |w - w_avg|^2 / n))."""
+    gen = sg2.Generator(g_cfg)
+    z = jax.random.normal(jax.random.key(seed), (n, g_cfg.z_dim))
+    ws = jax.jit(lambda v, z: gen.apply(v, z, method=gen.mapping))(g_vars, z)[:, 0]
+    w_avg = jnp.mean(ws, axis=0)
+    w_std = jnp.sqrt(jnp.sum(jnp.square(ws - w_avg)) / n)
+    return w_avg, w_std
+
+
+def make_frozen(g_cfg: sg2.StyleGAN2Config, g_vars: PyTree, *, d_vars: Optional[PyTree] = None,
+                lpips: Any = "vgg", reals: Optional[Array] = None, id_loss=None,
+                w_stats_samples: int = 10000) -> Frozen:
+    """Builds the frozen inputs. `lpips`: 'vgg' | 'alex' (load the real weights), a params pytree
+    (then VGG is assumed), or None (no LPIPS: methods must use perceptual='none' or 'pooled_l2')."""
+    net = "vgg"
+    if isinstance(lpips, str):
+        net = lpips_lib.canonical_net(lpips)
+        lpips = lpips_lib.load_lpips_params(net)
+    w_avg, w_std = w_statistics(g_cfg, g_vars, w_stats_samples)
+    return Frozen(g=g_vars, w_avg=w_avg, w_std=w_std, g_cfg=g_cfg, d=d_vars, lpips=lpips,
+                  reals=None if reals is None else jnp.asarray(reals, jnp.float32),
+                  lpips_net=net, id_loss=id_loss)
+
+
+# ----------------------------------------------------------------------------- G / D helpers
+
+
+def synthesize(frozen: Frozen, ws: Array, params: Optional[PyTree] = None, *,
+               noise_mode: str = "const", noise: Optional[dict] = None,
+               rng: Optional[Array] = None) -> Array:
+    """ws [N,num_ws,w_dim] -> images [N,H,W,C] with G params `params` (default: the frozen ones).
+
+    `params` may be the full G param tree or only its 'synthesis' subtree."""
+    p = frozen.g["params"] if params is None else params
+    if "synthesis" not in p:
+        p = {**frozen.g["params"], "synthesis": p}
+    gen = sg2.Generator(frozen.g_cfg)
+    rngs = {"noise": rng} if rng is not None else None
+    return gen.apply({"params": p, "buffers": frozen.g["buffers"]}, ws, noise_mode, noise,
+                     method=gen.synthesis, rngs=rngs)
+
+
+def mapping(frozen: Frozen, z: Array, params: Optional[PyTree] = None) -> Array:
+    """z [N,z_dim] -> ws [N,num_ws,w_dim] (params: full G tree, default the frozen one)."""
+    p = frozen.g["params"] if params is None else params
+    gen = sg2.Generator(frozen.g_cfg)
+    return gen.apply({"params": p, "buffers": frozen.g["buffers"]}, z, method=gen.mapping)
+
+
+def discriminate(frozen: Frozen, images: Array, params: Optional[PyTree] = None) -> Array:
+    """images [N,H,W,C] -> logits [N] with D params `params` (default: the frozen ones)."""
+    if frozen.d is None:
+        raise ValueError("this method needs a discriminator: make_frozen(..., d_vars=...)")
+    variables = dict(frozen.d)
+    if params is not None:
+        variables["params"] = params
+    return sg2.Discriminator(frozen.g_cfg).apply(variables, images)[:, 0]
+
+
+def mean_latent(frozen: Frozen) -> Array:
+    """The mean w broadcast to W+ [num_ws, w_dim]."""
+    return jnp.broadcast_to(frozen.w_avg, (frozen.g_cfg.num_ws, frozen.g_cfg.w_dim))
+
+
+def random_ws(frozen: Frozen, key: Array, n: int) -> Array:
+    """n random latents w = mapping(z), z ~ N(0, I), as W+ [n, num_ws, w_dim]."""
+    return mapping(frozen, jax.random.normal(key, (n, frozen.g_cfg.z_dim)))
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def to_rgb(x: Array) -> Array:
+    """LPIPS needs 3 channels: grayscale images are repeated (the usual convention)."""
+    return jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+def perceptual(frozen: Frozen, x: Array, y: Array, kind: str) -> Array:
+    """Perceptual distance per image [N] between NHWC batches in [-1, 1].
+
+    kind='lpips': LPIPS v0.1 with the real weights in `frozen.lpips` (images < 16 px are
+    upsampled by nearest neighbour to 16, VGG's minimum); 'pooled_l2': a cheap stand-in for
+    tests and engine benchmarks (mean of MSEs of 2x, 4x average-pooled images; NOT LPIPS);
+    'none': zeros.
+    """
+    if kind == "none":
+        return jnp.zeros((x.shape[0],), jnp.float32)
+    if kind == "pooled_l2":
+        return 0.5 * (loss_common.mse(loss_common.avg_pool(x, 2), loss_common.avg_pool(y, 2))
+                      + loss_common.mse(loss_common.avg_pool(x, 4), loss_common.avg_pool(y, 4)))
+    if kind == "lpips":
+        if frozen.lpips is None:
+            raise ValueError("perceptual='lpips' but frozen.lpips is None (make_frozen(lpips='vgg'))")
+        x, y = to_rgb(x), to_rgb(y)
+        if x.shape[1] < 16:
+            f = -(-16 // x.shape[1])
+            x, y = (jnp.repeat(jnp.repeat(a, f, 1), f, 2) for a in (x, y))
+        return lpips_lib.LPIPS(frozen.lpips_net).apply({"params": frozen.lpips}, x, y)
+    raise ValueError(f"unknown perceptual loss {kind!r}: expected 'lpips', 'pooled_l2' or 'none'")
+
+
+def mse1(x: Array, y: Array) -> Array:
+    """MSE of two single images (no batch axis) -> scalar."""
+    return jnp.mean(jnp.square(x - y))
+
+
+# ----------------------------------------------------------------------------- pytree utils
+
+
+def tree_where(pred: Array, a: PyTree, b: PyTree) -> PyTree:
+    """Leafwise jnp.where(pred, a, b) with a scalar predicate."""
+    return jax.tree_util.tree_map(lambda u, v: jnp.where(pred, u, v), a, b)
+
+
+def tree_all_finite(tree: PyTree) -> Array:
+    leaves = [jnp.all(jnp.isfinite(l)) for l in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def tree_sub(a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(jnp.subtract, a, b)
+
+
+def check_latent(latent: Array, g_cfg: sg2.StyleGAN2Config) -> Array:
+    """[w_dim] or [num_ws, w_dim] -> [num_ws, w_dim] float32."""
+    latent = jnp.asarray(latent, jnp.float32)
+    if latent.shape == (g_cfg.w_dim,):
+        latent = jnp.broadcast_to(latent, (g_cfg.num_ws, g_cfg.w_dim))
+    if latent.shape != (g_cfg.num_ws, g_cfg.w_dim):
+        raise ValueError(f"latent must be [{g_cfg.w_dim}] or [{g_cfg.num_ws}, {g_cfg.w_dim}], "
+                         f"got {latent.shape}")
+    return latent
+
+
+def lr_ramp(t: Array, num_steps: int, rampup: float, rampdown: float) -> Array:
+    """StyleGAN2 projector's learning-rate ramp in [0, 1] at step t of num_steps
+    (cosine ramp-down over the last `rampdown` fraction, linear ramp-up over `rampup`)."""
+    frac = t / max(num_steps, 1)
+    ramp = jnp.minimum(1.0, (1.0 - frac) / max(rampdown, 1e-8))
+    ramp = 0.5 - 0.5 * jnp.cos(jnp.clip(ramp, 0.0, 1.0) * np.pi)
+    return ramp * jnp.minimum(1.0, frac / max(rampup, 1e-8)) if rampup > 0 else ramp

@@ -1,0 +1,231 @@
+"""Batch engine: runs a per-image `Method` over many images, sharded over devices.
+
+    out = invert_batch(method, frozen, images, image_ids, init_latents, cfg, seed=0)
+
+What it guarantees:
+  * Per-image randomness: image i uses `fold_in(key(seed), image_ids[i])`, so its result does not
+    depend on its batch, its position, the device count or the batching strategy (up to float
+    reassociation: allclose, not bitwise, across strategies).
+  * K = `steps_per_call` method steps per compiled call (`lax.scan`); the host only checks, between
+    calls, whether every image has stopped. One compile per (method, cfg, strategy, K, mesh, shapes).
+  * Per-image masks: an image whose `method.converged(metrics)` became true, or whose step produced a
+    non-finite value (NaN/Inf: `failed`; the bad step is discarded), stops changing exactly (its
+    state is selected unchanged, `lax.cond` per image, which XLA turns into a select under vmap)
+    while the others go on. `iterations[i]` counts the steps image i actually took.
+  * Batching strategy inside each device: 'vmap' | 'map' (`lax.map`, one image at a time) |
+    'chunked' (`lax.map(batch_size=chunk_size)`: vmap inside chunks) | 'auto' (see `auto_strategy`).
+    Why it matters: a per-image TUNED generator under vmap makes every conv a grouped conv with
+    per-image kernels, which XLA:CPU runs 6-20x slower than a dense conv; `lax.map` keeps dense
+    convs. On GPU/TPU grouped convs are fast and vmap fills the device.
+  * Sharding: the image axis is split over a 1-D mesh ('data',) of `devices` (default: all) with
+    `shard_map`; the frozen inputs are replicated. The batch is padded to a multiple of the device
+    count with inactive copies of image 0 (they never step under map; results are dropped).
+
+Result keys (numpy arrays, leading axis B in input order):
+  latent      [B, num_ws, w_dim]  final W+ latent (W methods: the same w on every layer)
+  recon       [B, H, W, C]        reconstruction by the (tuned) generator, in [-1, 1] (unclamped)
+  tuned       pytree [B, ...] | None  PTI/Clone: delta of tuned G params against the frozen base;
+                                  GMM: the module params phi; latent_opt: None
+  iterations  [B] int32           steps taken
+  converged   [B] bool            the method's stop criterion was met
+  failed      [B] bool            a step produced NaN/Inf (state kept from the last finite step)
+  metrics     dict of [B]         the metrics of each image's last step
+  + method-specific extras (e.g. 'noise' for latent_opt with noise optimization).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ganinv_jax.inversion import base
+
+STRATEGIES = ("vmap", "map", "chunked")
+AXIS = "data"
+
+
+def auto_strategy(method: base.Method, backend: Optional[str] = None) -> str:
+    """The 'auto' rule (measured in benchmarks/bench_inversion.py, see README_SECTION.md).
+
+    GPU/TPU: 'vmap' (grouped convs are fast there and vmap fills the device).
+    CPU: methods that tune per-image weights -> 'map' (vmap turns their convs into grouped convs
+    that XLA:CPU runs several times slower); latent optimization shares G's weights, so vmap keeps
+    dense convs and batches them -> 'vmap'.
+    """
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return "vmap"
+    return "map" if method.tunes_weights else "vmap"
+
+
+def make_mesh(devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:
+    devices = list(devices) if devices is not None else jax.devices()
+    return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Explicit,),
+                         devices=devices)
+
+
+def _batched(fn, strategy: str, chunk_size: int):
+    """fn(*per_image_args, frozen) -> g(frozen, *stacked_args) under the strategy.
+
+    The frozen pytree is closed over inside the mapped function, so it is broadcast (never
+    stacked or batched) under every strategy."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: expected one of {STRATEGIES} or 'auto'")
+
+    def apply(frozen, *xs):
+        f = lambda *a: fn(*a, frozen)
+        if strategy == "vmap":
+            return jax.vmap(f)(*xs)
+        if strategy == "map":
+            return lax.map(lambda a: f(*a), xs)
+        return lax.map(lambda a: f(*a), xs, batch_size=chunk_size)
+    return apply
+
+
+def _metric_zeros(method, state, frozen, cfg):
+    shapes = jax.eval_shape(lambda s, f: method.step(s, f, cfg)[1], state, frozen)
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+
+
+def _per_image_init(method, cfg):
+    def init_one(key, image, latent, active, frozen):
+        state = method.init(key, image, frozen, latent, cfg)
+        return dict(state=state, done=~active, failed=jnp.asarray(False),
+                    iters=jnp.asarray(0, jnp.int32),
+                    metrics=_metric_zeros(method, state, frozen, cfg))
+    return init_one
+
+
+def _per_image_run(method, cfg, k: int):
+    def step_one(c, frozen):
+        state, metrics = method.step(c["state"], frozen, cfg)
+        metrics = jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
+        ok = base.tree_all_finite(metrics) & base.tree_all_finite(state)
+        state = base.tree_where(ok, state, c["state"])
+        done = ok & jnp.asarray(method.converged(metrics, cfg), bool)
+        return dict(state=state, done=done, failed=~ok, iters=c["iters"] + ok.astype(jnp.int32),
+                    metrics=metrics)
+
+    def run_one(c, n_allowed, frozen):
+        def body(c, i):
+            active = ~c["done"] & ~c["failed"] & (i < n_allowed)
+            return lax.cond(active, lambda c: step_one(c, frozen), lambda c: c, c), None
+        return lax.scan(body, c, jnp.arange(k))[0]
+    return run_one
+
+
+def _per_image_result(method, cfg):
+    def result_one(c, frozen):
+        return method.result(c["state"], frozen, cfg)
+    return result_one
+
+
+def _freeze_cfg(cfg):
+    return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else \
+        ml_collections.FrozenConfigDict(cfg)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(method: base.Method, cfg, strategy: str, chunk_size: int, k: int,
+              mesh: jax.sharding.Mesh):
+    """jit(shard_map(batched per-image fns)) for init / run / result (cached per signature)."""
+    data = NamedSharding(mesh, P(AXIS))
+    repl = NamedSharding(mesh, P())
+    sm = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
+    init_b = _batched(_per_image_init(method, cfg), strategy, chunk_size)
+    run_b = _batched(_per_image_run(method, cfg, k), strategy, chunk_size)
+    res_b = _batched(_per_image_result(method, cfg), strategy, chunk_size)
+
+    def init_local(keys, images, latents, active, frozen):
+        return init_b(frozen, keys, images, latents, active)
+
+    def run_local(carry, n_allowed, frozen):
+        n = carry["iters"].shape[0]
+        return run_b(frozen, carry, jnp.broadcast_to(n_allowed, (n,)))
+
+    def res_local(carry, frozen):
+        return res_b(frozen, carry)
+
+    init = jax.jit(sm(init_local, in_specs=(P(AXIS),) * 4 + (P(),), out_specs=P(AXIS)),
+                   in_shardings=(data,) * 4 + (repl,), out_shardings=data)
+    run = jax.jit(sm(run_local, in_specs=(P(AXIS), P(), P()), out_specs=P(AXIS)),
+                  in_shardings=(data, repl, repl), out_shardings=data, donate_argnums=0)
+    res = jax.jit(sm(res_local, in_specs=(P(AXIS), P()), out_specs=P(AXIS)),
+                  in_shardings=(data, repl), out_shardings=data)
+    return init, run, res
+
+
+
+def invert_batch(method: base.Method, frozen: base.Frozen, images, image_ids,
+                 init_latents=None, cfg: Optional[ml_collections.ConfigDict] = None, *,
+                 seed: int = 0, strategy: str = "auto", steps: Optional[int] = None,
+                 steps_per_call: int = 10, chunk_size: int = 4,
+                 devices: Optional[Sequence[Any]] = None, stop_early: bool = True) -> dict:
+    """Inverts images [B,H,W,C] in [-1,1] (ids [B] int) with `method`; see the module docstring
+    for the result keys.
+
+    init_latents: [B, num_ws, w_dim] or [B, w_dim] (W+ or W), or None for the mean w.
+    cfg: the method's ConfigDict (default `method.default_config()`).
+    steps: the maximum number of steps per image (default `cfg.num_steps`).
+    steps_per_call: K, the scan length of one compiled call.
+    chunk_size: images per vmap chunk for strategy='chunked'.
+    devices: the devices of the 1-D mesh ('data',) (default: all).
+    stop_early: stop calling once every image has converged or failed.
+    """
+    cfg = method.default_config() if cfg is None else cfg
+    fcfg = _freeze_cfg(cfg)
+    steps = int(cfg.num_steps if steps is None else steps)
+    if strategy == "auto":
+        strategy = auto_strategy(method)
+    images = jnp.asarray(images, jnp.float32)
+    image_ids = np.asarray(image_ids, np.int64).reshape(-1)
+    b = images.shape[0]
+    if images.ndim != 4 or image_ids.shape[0] != b:
+        raise ValueError(f"images must be [B,H,W,C] with B ids, got {images.shape} and "
+                         f"{image_ids.shape[0]} ids")
+    g_cfg = frozen.g_cfg
+    if init_latents is None:
+        latents = jnp.broadcast_to(base.mean_latent(frozen), (b, g_cfg.num_ws, g_cfg.w_dim))
+    else:
+        latents = jnp.asarray(init_latents, jnp.float32)
+        if latents.shape == (b, g_cfg.w_dim):
+            latents = jnp.broadcast_to(latents[:, None], (b, g_cfg.num_ws, g_cfg.w_dim))
+        if latents.shape != (b, g_cfg.num_ws, g_cfg.w_dim):
+            raise ValueError(f"init_latents must be [B, {g_cfg.num_ws}, {g_cfg.w_dim}] or "
+                             f"[B, {g_cfg.w_dim}], got {latents.shape}")
+
+    mesh = make_mesh(devices)
+    n_dev = mesh.devices.size
+    b_pad = -(-b // n_dev) * n_dev
+    pad = b_pad - b
+    idx = np.concatenate([np.arange(b), np.zeros(pad, np.int64)])
+    active = np.arange(b_pad) < b
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
+        jnp.asarray(image_ids[idx], jnp.uint32))
+    init, run, res = _compiled(method, fcfg, strategy, int(chunk_size), int(steps_per_call), mesh)
+
+    data, repl = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
+    frozen = jax.device_put(frozen, repl)
+    carry = init(*jax.device_put((keys, images[idx], latents[idx], jnp.asarray(active)), data),
+                 frozen)
+    done_steps = 0
+    while done_steps < steps:
+        n_allowed = jax.device_put(
+            jnp.asarray(min(steps_per_call, steps - done_steps), jnp.int32), repl)
+        carry = run(carry, n_allowed, frozen)
+        done_steps += steps_per_call
+        if stop_early and bool(jnp.all(carry["done"] | carry["failed"])):
+            break
+    out = res(carry, frozen)
+    out = dict(out)
+    out.update(iterations=carry["iters"], converged=carry["done"] & ~carry["failed"],
+               failed=carry["failed"], metrics=carry["metrics"])
+    out = jax.tree_util.tree_map(lambda x: np.asarray(x)[:b], jax.device_get(out))
+    return out
