@@ -1,32 +1,78 @@
-"""The main job on a StyleGAN2 generator (default: the embedded InvGAN Fashion-MNIST model).
+"""Batch GAN inversion with a StyleGAN2 generator (default: the embedded InvGAN Fashion-MNIST model).
 
   python -m ganinv_jax.main --config=configs/stylegan2.py --workdir=/tmp/ganinv
   python -m ganinv_jax.main --config=configs/stylegan2.py:tiny --workdir=/tmp/ganinv_tiny
   python -m ganinv_jax.main --config=configs/stylegan2.py --workdir=W \
-      --config.generator=/path/to/converted_dir --config.method=pti --config.steps=500
+      --config.generator=/path/to/converted_dir --config.method=pti --config.steps=500 \
+      --config.data.path=/path/to/images
+  python -m ganinv_jax.main --config=configs/stylegan2.py --workdir=W \
+      --config.data.tfds_name=fashion_mnist --config.data.split=test --config.data.limit=256
+  python -m ganinv_jax.main --config=configs/stylegan2.py --config.task=sample --workdir=W
 
 Contract keys (README): `task`, `method`, `steps`, `batch_size`, `seed`, `generator`,
-`data.path`, `data.tfds_name`, `data.split`, `data.limit`.
+`data.path`, `data.tfds_name`, `data.split`, `data.limit`. Per-method hyperparameters live in
+`config.<method>` (defaults: the method's own `default_config()` in `ganinv_jax/inversion/`;
+their `num_steps` is always `config.steps`).
 """
+import importlib
+
 import ml_collections
+
+METHODS = ("latent_opt", "pti", "clone", "gmm")
+
+
+def method_defaults(name: str) -> ml_collections.ConfigDict:
+    """The inversion package's defaults for `name`, without num_steps (= config.steps)."""
+    try:
+        cfg = importlib.import_module(f"ganinv_jax.inversion.{name}").default_config()
+    except ImportError:          # a build without this method: no overrides to offer
+        return ml_collections.ConfigDict()
+    return ml_collections.ConfigDict({k: v for k, v in cfg.items() if k != "num_steps"})
+
+
+def data_config(path: str = "") -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
+    d.path = path                  # folder of images (recursive) or .npz/.npy; '' + no tfds_name:
+                                   # the bundled sample (16 Fashion-MNIST test images)
+    d.tfds_name = ""               # or a TFDS dataset (download=False; fashion_mnist works offline)
+    d.split = "test"
+    d.limit = 0                    # first N items (0: all)
+    d.tfds_data_dir = ""           # TFDS data_dir ('' : TFDS default)
+    d.array_key = ""               # .npz member ('' : 'images' or the only array)
+    d.resize_mode = "crop"         # 'crop': shorter side to G's size + center crop; 'pad': center
+                                   # pad smaller images (e.g. 28x28 Fashion-MNIST into 32x32)
+    d.background = 0               # gray level for alpha compositing and padding
+    d.max_pixels = 50_000_000      # decompression-bomb cap (width * height from the header)
+    d.align = ""                   # alignment hook: 'package.module:function' (PIL -> PIL or None)
+    return d
 
 
 def get_config(variant: str = ""):
     config = ml_collections.ConfigDict()
-    config.task = "sample"
+    config.task = "invert"         # invert | sample | train_invgan
     config.generator = "default"   # a converted DIR (python -m weights_convert) or 'default'
     config.seed = 0
 
     # Inversion (task 'invert').
     config.method = "latent_opt"   # latent_opt | pti | clone | gmm
-    config.steps = 200             # max iterations per image
-    config.batch_size = 8          # images per device step
+    config.steps = 300             # max iterations per image (= the method's num_steps)
+    config.batch_size = 8          # images per device per chunk
+    config.init = "mean_w"         # mean_w | encoder (InvGAN w-head) | latent_opt (in W)
+    config.init_steps = 100        # latent_opt initializer steps (init='latent_opt')
+    config.strategy = "auto"       # engine batching: auto | vmap | map | chunked
+    config.steps_per_call = 25     # method steps per compiled call (lax.scan length)
+    config.lpips_net = "vgg"       # LPIPS backbone of the metrics (and of Frozen.lpips)
+    config.data = data_config()
 
-    config.data = ml_collections.ConfigDict()
-    config.data.path = ""          # folder of images, or an .npz/.npy array
-    config.data.tfds_name = ""     # or a TFDS dataset name + split
-    config.data.split = "test"
-    config.data.limit = 0          # first N images (0: all)
+    config.reals = data_config()   # Clone's global loss: real images (num 0: G's own samples)
+    config.reals.num = 0
+
+    config.output = ml_collections.ConfigDict()
+    config.output.save_png = True  # recon/<id>.png per image
+    config.output.grid_pairs = 16  # target|recon pairs per chunk grid (grids/, TensorBoard)
+
+    for name in METHODS:
+        config[name] = method_defaults(name)
 
     # Sampling (task 'sample').
     config.sample = ml_collections.ConfigDict()
@@ -37,6 +83,7 @@ def get_config(variant: str = ""):
     if variant == "tiny":
         config.steps = 5
         config.batch_size = 2
+        config.steps_per_call = 5
         config.data.limit = 4
         config.sample.num = 4
     elif variant:

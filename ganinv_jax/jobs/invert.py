@@ -1,0 +1,594 @@
+"""Task `invert`: batch GAN inversion of a dataset, from one CPU to a TPU pod.
+
+  python -m ganinv_jax.main --config=configs/stylegan2.py --workdir=/tmp/ganinv
+
+inverts the bundled sample (16 Fashion-MNIST test images) with the embedded default generator.
+See `ganinv_jax/jobs/README_SECTION.md` for inputs, outputs and launch scripts.
+
+How the work is split. The listing of the input (every host lists; only ids and paths) is cut
+into chunks of `batch_size x (number of devices)` ids. Within a chunk, process p takes the
+contiguous slots [p*L, (p+1)*L), L = batch_size x (its local devices), decodes only those
+files, and inverts them with `inversion.engine.invert_batch` on a mesh of its own devices
+(the image axis sharded over them). Inversion has no cross-image communication, so hosts never
+wait on each other inside a chunk and each stops as soon as its own images have converged; they
+meet once per chunk (a barrier plus an all-gather of small per-image records) and process 0
+commits the chunk to the manifest. Tuned generators / GMM params are saved with one collective
+orbax save of a global array sharded over all devices of all hosts.
+
+Why results do not depend on the device or host count: per-image keys are
+fold_in(seed, image id) and per-image convergence masks, so an image's result is a function of
+the image, its id and the settings only. A resumed run re-forms the unfinished chunks exactly
+(see `manifest.plan_chunks`), so even the float reassociation matches the uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ganinv_jax import imageio
+from ganinv_jax.jobs import manifest as manifest_lib
+from ganinv_jax.jobs import methods as methods_lib
+from ganinv_jax.jobs import records
+from ganinv_jax.jobs import sources
+
+INITS = ("mean_w", "encoder", "latent_opt")
+
+
+class JobError(Exception):
+    """A problem the user must fix; reported as one line, before any work where possible."""
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def load_generator(spec: str):
+    """`config.generator` ('default' or a converted DIR) -> the `pretrained` GAN object."""
+    if spec != "default" and not os.path.isdir(spec):
+        raise JobError(f"config.generator={spec!r}: no such directory (convert a checkpoint "
+                       "with `python -m weights_convert ... --out DIR`, or use 'default')")
+    try:
+        from ganinv_jax import pretrained
+        return pretrained.load(spec)
+    except Exception as e:  # noqa: BLE001 -- any loading problem is one clear line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise JobError(f"config.generator={spec!r}: cannot load ({first})") from None
+
+
+def load_reals(config, pre: sources.Preprocess) -> Optional[np.ndarray]:
+    """Clone's global GAN loss: `config.reals.num` real images from `config.reals.path` or
+    `.tfds_name` (None: Clone falls back to samples of the frozen G, see inversion/clone.py)."""
+    rc = config.reals
+    if not int(rc.num) or not (rc.path or rc.tfds_name):
+        return None
+    src = sources.open_source(rc)   # same keys as config.data
+    got = [img for img, _ in src.load_many(range(min(int(rc.num), len(src))), pre)
+           if img is not None]
+    if not got:
+        raise JobError(f"config.reals: no readable images in {src.describe()}")
+    return np.stack(got)
+
+
+def validate(config) -> None:
+    """Value checks the locked config cannot do (unknown keys already fail at parse time)."""
+    if int(config.steps) <= 0:
+        raise JobError(f"config.steps must be > 0, got {config.steps}")
+    if int(config.batch_size) <= 0:
+        raise JobError(f"config.batch_size must be > 0, got {config.batch_size}")
+    if int(config.steps_per_call) <= 0:
+        raise JobError(f"config.steps_per_call must be > 0, got {config.steps_per_call}")
+    if config.init not in INITS:
+        raise JobError(f"config.init={config.init!r}: choose one of {', '.join(INITS)}")
+    if config.data.resize_mode not in ("crop", "pad"):
+        raise JobError(f"config.data.resize_mode={config.data.resize_mode!r}: 'crop' or 'pad'")
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything a chunk needs, built (and checked) before any work starts."""
+    config: Any
+    workdir: str
+    source: sources.Source
+    pre: sources.Preprocess
+    method: Any
+    mcfg: Any
+    frozen: Any
+    gan: Any
+    lpips: Any               # LPIPS params of the metrics (the same tree as frozen.lpips)
+    devices: list            # this process's devices (the mesh of its inversions)
+    global_devices: list     # all devices (the mesh of collective saves)
+    pid: int
+    nproc: int
+    slots: int               # L: images per process per chunk
+    manifest: manifest_lib.Manifest
+
+    @property
+    def chunk_size(self) -> int:
+        return self.slots * self.nproc
+
+    def out(self, *parts: str) -> str:
+        return os.path.join(self.workdir, *parts)
+
+
+def run_settings(config, source, pre, mcfg, gan_cfg) -> dict:
+    """What a resumed run must share with the original (batching settings may change)."""
+    return {"method": config.method, "method_config": json.loads(mcfg.to_json_best_effort()),
+            "steps": int(config.steps), "seed": int(config.seed), "init": config.init,
+            "init_steps": int(config.init_steps) if config.init == "latent_opt" else None,
+            "generator": os.path.abspath(config.generator) if config.generator != "default"
+            else "default", "generator_config": json.loads(json.dumps(gan_cfg, default=str)),
+            "source": source.describe(), "listing": source.fingerprint(),
+            "num_items": len(source), "preprocess": {
+                "resolution": pre.resolution, "channels": pre.channels,
+                "resize_mode": pre.resize_mode, "background": pre.background,
+                "max_pixels": pre.max_pixels, "align": str(pre.align)}}
+
+
+def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context:
+    """Checks config, generator, input and workdir; fails with JobError before any work."""
+    validate(config)
+    method = methods_lib.get(config.method)
+    mcfg = methods_lib.method_config(config, method)
+    gan = load_generator(config.generator)
+    g_cfg = gan.config
+    if config.init == "encoder" and not (gan.config.d_w_head and "D" in gan.params):
+        raise JobError(f"config.init='encoder': generator {config.generator!r} has no encoder "
+                       "(InvGAN w-head); use config.init=mean_w or latent_opt")
+    if config.method == "clone" and "D" not in gan.params:
+        raise JobError(f"config.method='clone' needs a discriminator; {config.generator!r} has "
+                       "none (convert it without --no-d)")
+    pre = sources.Preprocess(resolution=g_cfg.resolution, channels=g_cfg.img_channels,
+                             resize_mode=config.data.resize_mode,
+                             background=int(config.data.background),
+                             max_pixels=int(config.data.max_pixels),
+                             align=sources.resolve_align(config.data.align))
+    source = sources.open_source(config.data)
+    if devices is not None and jax.process_count() > 1:
+        raise JobError("explicit devices are for single-process runs only")
+    local = list(devices) if devices is not None else jax.local_devices()
+    global_devices = list(devices) if devices is not None else jax.devices()
+    nproc = jax.process_count() if devices is None else 1
+    if len(global_devices) != len(local) * nproc:
+        raise JobError(f"uneven hosts: {len(global_devices)} devices over {nproc} processes "
+                       f"with {len(local)} here")
+    settings = run_settings(config, source, pre, mcfg, g_cfg.to_dict())
+    m = manifest_lib.Manifest.open(workdir, settings)   # ResumeMismatch -> one line
+    from ganinv_jax.inversion import base
+    from ganinv_jax import losses
+    try:
+        lpips_params = losses.load_lpips_params(config.lpips_net)
+    except (ValueError, FileNotFoundError) as e:
+        raise JobError(f"config.lpips_net={config.lpips_net!r}: {e}") from None
+    frozen = base.make_frozen(g_cfg, gan.G, lpips=lpips_params,
+                              d_vars=gan.params.get("D") if method.name == "clone" else None,
+                              reals=load_reals(config, pre) if method.name == "clone" else None)
+    return Context(config=config, workdir=workdir, source=source, pre=pre, method=method,
+                   mcfg=mcfg, frozen=frozen, gan=gan, lpips=lpips_params, devices=local,
+                   global_devices=global_devices, pid=jax.process_index() if devices is None
+                   else 0, nproc=nproc, slots=int(config.batch_size) * len(local), manifest=m)
+
+
+# ----------------------------------------------------------------------------- one chunk
+
+
+@functools.partial(jax.jit, static_argnames=("win", "net"))
+def image_metrics(lpips_params, images, recon, win: int = 11, net: str = "vgg") -> dict:
+    """Per-image MSE (on [0, 1] images, so PSNR = -10 log10 MSE), PSNR, SSIM and LPIPS of the
+    clipped reconstruction (what the PNG holds). Gray images are repeated to RGB for LPIPS and
+    images below the backbone's minimum size are upsampled (nearest) to it."""
+    from ganinv_jax import losses
+    recon = jnp.clip(recon, -1.0, 1.0)
+    mse01 = jnp.mean(jnp.square(images - recon).reshape(images.shape[0], -1), axis=1) / 4.0
+    x, y = images, recon
+    if x.shape[-1] == 1:
+        x, y = jnp.repeat(x, 3, axis=-1), jnp.repeat(y, 3, axis=-1)
+    min_size = 16 if net in ("vgg", "vgg16") else 31
+    if x.shape[1] < min_size:
+        f = -(-min_size // x.shape[1])
+        x, y = (jnp.repeat(jnp.repeat(a, f, 1), f, 2) for a in (x, y))
+    return {"mse": mse01, "psnr": -10.0 * jnp.log10(mse01),
+            "ssim": losses.ssim(images, recon, win_size=win),
+            "lpips": losses.lpips_apply(lpips_params, x, y, net=net)}
+
+
+def my_slots(ctx: Context, chunk: Sequence[int]) -> list[int]:
+    """This process's ids of a chunk (slots [pid*L, (pid+1)*L); fewer in a short last chunk)."""
+    return list(chunk[ctx.pid * ctx.slots:(ctx.pid + 1) * ctx.slots])
+
+
+def initial_latents(ctx: Context, images: np.ndarray, ids: np.ndarray):
+    """config.init: the mean w (None: the engine's default), the InvGAN w-head, or latent
+    optimization in W (`config.init_steps` steps, PTI's pivot recipe)."""
+    from ganinv_jax.inversion import init_latents
+    if ctx.config.init == "mean_w":
+        return None
+    if ctx.config.init == "encoder":
+        return init_latents.from_encoder(ctx.gan.encode, images, ctx.frozen)
+    from ganinv_jax.inversion import latent_opt
+    cfg = latent_opt.default_config()
+    cfg.space = "w"
+    cfg.num_steps = int(ctx.config.init_steps)
+    return init_latents.from_latent_opt(
+        ctx.frozen, images, ids, cfg=cfg, seed=int(ctx.config.seed), strategy=ctx.config.strategy,
+        steps_per_call=int(ctx.config.steps_per_call), devices=ctx.devices)
+
+
+def invert_local(ctx: Context, ids: Sequence[int]) -> dict:
+    """Decode and invert this process's ids; returns per-slot numpy records (L slots).
+
+    Slots without a usable image (bad input, or past the end of a short last chunk) are filled
+    with a copy of a good image of this batch (zeros if there is none), so every call has the
+    same shapes (one compile) and the filler converges like its original; its results are
+    dropped."""
+    from ganinv_jax.inversion import engine
+    t0 = time.perf_counter()
+    L, res, ch = ctx.slots, ctx.pre.resolution, ctx.pre.channels
+    loaded = ctx.source.load_many(ids, ctx.pre)
+    good = [j for j, (img, _) in enumerate(loaded) if img is not None]
+    images = np.zeros((L, res, res, ch), np.float32)
+    fill = loaded[good[0]][0] if good else images[0]
+    images[:] = fill
+    for j in good:
+        images[j] = loaded[j][0]
+    slot_ids = np.full((L,), -1, np.int64)
+    slot_ids[:len(ids)] = ids
+    engine_ids = np.where(slot_ids >= 0, slot_ids, slot_ids[good[0]] if good else 0)
+    out = engine.invert_batch(
+        ctx.method, ctx.frozen, images, engine_ids, initial_latents(ctx, images, engine_ids),
+        ctx.mcfg,
+        seed=int(ctx.config.seed), strategy=ctx.config.strategy, steps=int(ctx.config.steps),
+        steps_per_call=int(ctx.config.steps_per_call), devices=ctx.devices)
+    recon = np.asarray(out["recon"], np.float32)
+    win = min(11, res - (1 - res % 2))
+    mets = jax.device_get(image_metrics(ctx.lpips, jnp.asarray(images), jnp.asarray(recon),
+                                        win=win, net=ctx.config.lpips_net))
+    status = np.full((L,), records.EMPTY, np.int32)
+    reasons = [""] * L
+    finite = np.isfinite(recon).reshape(L, -1).all(1) & \
+        np.isfinite(np.asarray(out["latent"])).reshape(L, -1).all(1)
+    for j in range(len(ids)):
+        if loaded[j][0] is None:
+            status[j], reasons[j] = records.BAD_INPUT, loaded[j][1]
+        elif bool(out["failed"][j]) or not finite[j]:
+            status[j] = records.FAILED
+            reasons[j] = (f"non-finite value during {ctx.method.name} after "
+                          f"{int(out['iterations'][j])} steps (kept the last finite state)")
+        else:
+            status[j] = records.CONVERGED if bool(out["converged"][j]) else records.MAX_STEPS
+    bad = ~np.isin(status, records.OK_STATUSES)
+    seconds = (time.perf_counter() - t0) / max(len(ids), 1)
+    rec = {"ids": slot_ids, "status": status, "reasons": records.encode_reasons(reasons),
+           "iterations": np.asarray(out["iterations"], np.int32),
+           "seconds": np.where(status == records.EMPTY, 0.0, seconds).astype(np.float32),
+           "latent": np.asarray(out["latent"], np.float32)}
+    for k in records.METRIC_KEYS:
+        rec[k] = np.where(bad, np.nan, np.asarray(mets[k], np.float64)).astype(np.float32)
+    extras = {k: v for k, v in out.items() if k not in (
+        "latent", "recon", "tuned", "iterations", "converged", "failed", "metrics")}
+    for k, v in _flatten({"extra": extras}).items():
+        rec[k] = np.asarray(v)
+    return {"records": rec, "images": images, "recon": recon, "tuned": out.get("tuned")}
+
+
+def _flatten(tree, prefix="") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{'/' if prefix else ''}{k}"))
+        return out
+    return {} if tree is None else {prefix: tree}
+
+
+def gather(ctx: Context, rec: dict) -> dict:
+    """Per-slot records of all processes, concatenated in process (= slot) order."""
+    if ctx.nproc == 1:
+        return rec
+    from jax.experimental import multihost_utils
+    return {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+            for k, v in rec.items()}
+
+
+def barrier(ctx: Context, name: str) -> None:
+    if ctx.nproc > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def save_tuned(ctx: Context, name: str, tuned, slot_ids: np.ndarray) -> Optional[str]:
+    """One collective orbax save per chunk: {'ids': [chunk slots], 'tuned': tree [slots, ...]}."""
+    if tuned is None or not jax.tree_util.tree_leaves(tuned):
+        return None
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from ganinv_jax import checkpointing
+    mesh = jax.make_mesh((len(ctx.global_devices),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,), devices=ctx.global_devices)
+    sharding = NamedSharding(mesh, P("data"))
+
+    def to_global(x):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(sharding, x,
+                                                      (x.shape[0] * ctx.nproc,) + x.shape[1:])
+    tree = {"ids": to_global(slot_ids.astype(np.int32)),
+            "tuned": jax.tree_util.tree_map(to_global, tuned)}
+    rel = os.path.join("tuned", name)
+    checkpointing.save_sharded_pytree(ctx.out(rel), tree)
+    return rel
+
+
+def write_local_outputs(ctx: Context, local: dict) -> None:
+    """Reconstruction PNGs of this process's good images (each file atomic)."""
+    if not ctx.config.output.save_png:
+        return
+    rec = local["records"]
+    for j, i in enumerate(rec["ids"]):
+        if i >= 0 and rec["status"][j] in records.OK_STATUSES:
+            imageio.save_png(ctx.out("recon", f"{int(i):08d}.png"), local["recon"][j])
+
+
+def comparison_grid(local: dict, max_pairs: int) -> Optional[np.ndarray]:
+    """Target | reconstruction side by side, 4 pairs per row, for this process's images."""
+    rec = local["records"]
+    keep = [j for j in range(len(rec["ids"])) if rec["ids"][j] >= 0
+            and rec["status"][j] in records.OK_STATUSES][:max_pairs]
+    if not keep:
+        return None
+    pairs = np.stack([x for j in keep for x in (local["images"][j],
+                                                np.clip(local["recon"][j], -1, 1))])
+    return imageio.make_grid(pairs, ncols=min(8, 2 * len(keep)))
+
+
+def process_chunk(ctx: Context, chunk: Sequence[int]) -> tuple[dict, Optional[np.ndarray]]:
+    """Invert one chunk, write its outputs, and (process 0) commit it to the manifest."""
+    name = manifest_lib.chunk_name(chunk)
+    t0 = time.perf_counter()
+    local = invert_local(ctx, my_slots(ctx, chunk))
+    full = gather(ctx, local["records"])
+    chunk_file = os.path.join("chunks", f"{name}.npz")
+    grid = comparison_grid(local, int(ctx.config.output.grid_pairs)) if ctx.pid == 0 else None
+    try:
+        write_local_outputs(ctx, local)
+        if ctx.pid == 0:
+            if grid is not None:
+                imageio.save_png(ctx.out("grids", f"{name}.png"), grid)
+            records.save_npz_atomic(ctx.out(chunk_file), **full)
+        tuned_rel = save_tuned(ctx, name, local["tuned"], local["records"]["ids"])
+        barrier(ctx, f"ganinv-invert-{name}")
+        if ctx.pid == 0:
+            ctx.manifest.commit_chunk({"name": name, "ids": manifest_lib.ranges(chunk),
+                                       "file": chunk_file, "tuned": tuned_rel,
+                                       "seconds": round(time.perf_counter() - t0, 3)})
+            records.append_csv(ctx.out("metrics.csv"),
+                               records.metric_rows(full, ctx.source.paths, ctx.method.name))
+            records.append_csv(ctx.out("failures.csv"),
+                               records.failure_rows(full, ctx.source.paths))
+    except OSError as e:
+        raise JobError(f"cannot write the outputs of {name} ({e.strerror or e}: "
+                       f"{e.filename or ''}); manifest.json still lists the "
+                       f"{len(ctx.manifest.chunks)} finished chunks: free space / fix the "
+                       "workdir and rerun the same command to resume") from None
+    return full, grid
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+class Progress:
+    """images done/total, images/s over this session, ETA."""
+
+    def __init__(self, total: int, done: int):
+        self.total, self.done, self.start_done = total, done, done
+        self.t0 = time.perf_counter()
+
+    def update(self, n: int, failed: int) -> str:
+        self.done += n
+        elapsed = time.perf_counter() - self.t0
+        rate = (self.done - self.start_done) / max(elapsed, 1e-9)
+        left = self.total - self.done
+        eta = left / rate if rate > 0 else float("inf")
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
+        return (f"invert: {self.done}/{self.total} images ({100.0 * self.done / self.total:.1f}%)"
+                f" | {rate:.2f} images/s | ETA {eta_s} | failed so far {failed}")
+
+    def rate(self) -> float:
+        return (self.done - self.start_done) / max(time.perf_counter() - self.t0, 1e-9)
+
+
+def make_writer(ctx: Context):
+    from clu import metric_writers
+    return metric_writers.create_default_writer(ctx.out("tensorboard"), just_logging=ctx.pid != 0,
+                                                asynchronous=False)
+
+
+def report_chunk(writer, step: int, full: dict, grid: Optional[np.ndarray]) -> None:
+    """TensorBoard: chunk means of the metrics at step = images finished so far."""
+    keep = np.isin(full["status"], records.OK_STATUSES)
+    scalars = {}
+    for k in records.METRIC_KEYS + ("iterations",):
+        v = np.asarray(full[k], np.float64)[keep]
+        v = v[np.isfinite(v)]
+        if v.size:
+            scalars[f"chunk_mean/{k}"] = float(v.mean())
+    scalars["chunk/failed"] = float((~keep & (full["status"] != records.EMPTY)).sum())
+    try:
+        writer.write_scalars(step, scalars)
+        if grid is not None:
+            writer.write_images(step, {"target_vs_recon": grid[None]})
+        writer.flush()
+    except Exception as e:  # noqa: BLE001 -- TensorBoard must never stop the job
+        logging.warning("invert: TensorBoard write failed: %s", e)
+
+
+def versions() -> dict:
+    import flax
+    import optax
+    import orbax.checkpoint
+    out = {"python": platform.python_version(), "jax": jax.__version__,
+           "jaxlib": getattr(jax.lib, "__version__", None) or _pkg_version("jaxlib"),
+           "flax": flax.__version__, "optax": optax.__version__,
+           "orbax_checkpoint": _pkg_version("orbax-checkpoint"), "numpy": np.__version__}
+    try:
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        out["ganinv_jax_commit"] = subprocess.run(
+            ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
+            timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["ganinv_jax_commit"] = None
+    return out
+
+
+def _pkg_version(name: str) -> Optional[str]:
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def committed_chunks(ctx: Context) -> list[dict]:
+    return [records.load_chunk(ctx.out(c["file"])) for c in ctx.manifest.chunks]
+
+
+def rebuild_views(ctx: Context, chunks: list[dict]) -> None:
+    """metrics.csv / failures.csv from the committed chunk files (drops torn appends)."""
+    paths, name = ctx.source.paths, ctx.config.method
+    records.write_csv_atomic(ctx.out("metrics.csv"), records.METRIC_COLUMNS,
+                             [r for c in chunks for r in records.metric_rows(c, paths, name)])
+    records.write_csv_atomic(ctx.out("failures.csv"), records.FAILURE_COLUMNS,
+                             [r for c in chunks for r in records.failure_rows(c, paths)])
+
+
+def write_latents(ctx: Context, chunks: list[dict]) -> None:
+    """All committed latents in id order: latents.npz {ids, latents, status}."""
+    if not chunks:
+        return
+    ids = np.concatenate([c["ids"] for c in chunks])
+    keep = ids >= 0
+    order = np.argsort(ids[keep], kind="stable")
+    cat = lambda k: np.concatenate([c[k] for c in chunks])[keep][order]
+    records.save_npz_atomic(ctx.out("latents.npz"), ids=ids[keep][order], latents=cat("latent"),
+                            status=cat("status"))
+
+
+def write_summary(ctx: Context, chunks: list[dict], wall: float, session_images: int) -> dict:
+    cfg = json.loads(ctx.config.to_json_best_effort())
+    summary = {
+        "aggregates": records.aggregate(chunks), "total_items": len(ctx.source),
+        "complete": len(ctx.manifest.done_ids()) == len(ctx.source),
+        "chunks": len(ctx.manifest.chunks), "method": ctx.method.name,
+        "generator": ctx.config.generator, "source": ctx.source.describe(),
+        "config": cfg, "method_config": json.loads(ctx.mcfg.to_json_best_effort()),
+        "versions": versions(), "platform": jax.default_backend(),
+        "device_count": len(ctx.global_devices), "process_count": ctx.nproc,
+        "local_device_count": len(ctx.devices), "chunk_size": ctx.chunk_size,
+        "this_session": {"wall_seconds": round(wall, 3), "images": session_images,
+                         "images_per_second": session_images / wall if wall > 0 else None}}
+    manifest_lib.write_json_atomic(ctx.out("summary.json"), summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def cleanup_partial(workdir: str) -> None:
+    """Remove temporary files of writes a kill interrupted (never a finished output)."""
+    for root, dirs, files in os.walk(workdir):
+        for d in list(dirs):
+            if ".tmp-" in d or ".orbax-checkpoint-tmp" in d:
+                shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+                dirs.remove(d)
+        for f in files:
+            if ".tmp-" in f:
+                try:
+                    os.remove(os.path.join(root, f))
+                except OSError:
+                    pass
+
+
+def plan(ctx: Context) -> list[list[int]]:
+    """Unfinished chunks, identical on every process (process 0's manifest is broadcast)."""
+    done = np.zeros((len(ctx.source),), np.bool_)
+    done[list(ctx.manifest.done_ids())] = True
+    if ctx.nproc > 1:
+        from jax.experimental import multihost_utils
+        done = np.asarray(multihost_utils.broadcast_one_to_all(done))
+    return manifest_lib.plan_chunks(len(ctx.source), set(np.flatnonzero(done).tolist()),
+                                    ctx.chunk_size)
+
+
+def execute(ctx: Context) -> dict:
+    t_start = time.perf_counter()
+    if ctx.pid == 0:
+        for d in ("recon", "grids", "chunks", "tuned"):
+            os.makedirs(ctx.out(d), exist_ok=True)
+        cleanup_partial(ctx.workdir)
+        rebuild_views(ctx, committed_chunks(ctx))
+    barrier(ctx, "ganinv-invert-setup")
+    chunks = plan(ctx)
+    total = len(ctx.source)
+    progress = Progress(total, total - sum(len(c) for c in chunks))
+    logging.info("invert: %d items, %d already done, %d chunks of %d to go (method %s, %d "
+                 "devices, %d processes)", total, progress.done, len(chunks), ctx.chunk_size,
+                 ctx.method.name, len(ctx.global_devices), ctx.nproc)
+    writer = make_writer(ctx)
+    failed = sum(int((c["status"] == records.FAILED).sum() + (c["status"] == records.BAD_INPUT)
+                     .sum()) for c in committed_chunks(ctx)) if ctx.pid == 0 else 0
+    for chunk in chunks:
+        full, grid = process_chunk(ctx, chunk)
+        failed += int(np.isin(full["status"], (records.FAILED, records.BAD_INPUT)).sum())
+        line = progress.update(len(chunk), failed)
+        if ctx.pid == 0:
+            report_chunk(writer, progress.done, full, grid)
+            logging.info("%s", line)
+            print(line, flush=True)
+    summary = {}
+    if ctx.pid == 0:
+        done_chunks = committed_chunks(ctx)
+        rebuild_views(ctx, done_chunks)   # the final files are sorted and exactly the manifest
+        write_latents(ctx, done_chunks)
+        summary = write_summary(ctx, done_chunks, time.perf_counter() - t_start,
+                                progress.done - progress.start_done)
+        logging.info("invert: done -> %s (%s)", ctx.workdir,
+                     json.dumps(summary["aggregates"].get("counts")))
+    writer.close()
+    barrier(ctx, "ganinv-invert-end")
+    return summary
+
+
+def run(config, workdir: str, devices: Optional[Sequence] = None) -> dict:
+    """Entry point of task 'invert'. Problems the user must fix exit with one line."""
+    try:
+        ctx = prepare(config, workdir, devices)
+    except (JobError, sources.SourceError, methods_lib.MethodError,
+            manifest_lib.ResumeMismatch) as e:
+        raise SystemExit(f"invert: error: {e}") from None
+    try:
+        return execute(ctx)
+    except JobError as e:
+        raise SystemExit(f"invert: error: {e}") from None
+
+
+def load_tuned(workdir: str, image_id: int):
+    """The tuned generator delta (PTI/Clone) or GMM params of one image, from the workdir."""
+    from ganinv_jax import checkpointing
+    with open(os.path.join(workdir, manifest_lib.MANIFEST)) as f:
+        chunks = json.load(f)["chunks"]
+    for c in chunks:
+        if image_id in manifest_lib.expand(c["ids"]):
+            if not c.get("tuned"):
+                raise KeyError(f"image {image_id}: this method saved no tuned parameters")
+            tree = checkpointing.restore_pytree(os.path.join(workdir, c["tuned"]))
+            j = int(np.flatnonzero(np.asarray(tree["ids"]) == image_id)[0])
+            return jax.tree_util.tree_map(lambda x: np.asarray(x)[j], tree["tuned"])
+    raise KeyError(f"image {image_id}: not in a finished chunk of {workdir}")

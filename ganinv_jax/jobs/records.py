@@ -1,0 +1,137 @@
+"""Per-image records of the invert job: the per-chunk result file and the CSV/summary views.
+
+The truth of a finished chunk is its `chunks/chunk_XXXXXXXX.npz` (written atomically before the
+chunk enters the manifest). `metrics.csv` and `failures.csv` are views: rows are appended as
+chunks commit, and at start-up they are rebuilt from the committed chunk files, so a kill in the
+middle of an append never leaves a torn or duplicated row behind.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import uuid
+from typing import Iterable, Sequence
+
+import numpy as np
+
+# Per-image status codes (chunk files) and their names (metrics.csv).
+CONVERGED, MAX_STEPS, FAILED, BAD_INPUT, EMPTY = 0, 1, 2, 3, -1
+STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED: "failed",
+                BAD_INPUT: "bad_input"}
+OK_STATUSES = (CONVERGED, MAX_STEPS)
+REASON_BYTES = 240   # reasons travel between hosts as fixed-size uint8 rows
+
+METRIC_COLUMNS = ("id", "path", "method", "mse", "psnr", "ssim", "lpips", "iterations",
+                  "seconds", "status")
+FAILURE_COLUMNS = ("id", "path", "reason")
+METRIC_KEYS = ("mse", "psnr", "ssim", "lpips")
+
+
+def encode_reasons(reasons: Sequence[str]) -> np.ndarray:
+    out = np.zeros((len(reasons), REASON_BYTES), np.uint8)
+    for i, r in enumerate(reasons):
+        b = r.encode("utf-8", "replace")[:REASON_BYTES]
+        out[i, :len(b)] = np.frombuffer(b, np.uint8)
+    return out
+
+
+def decode_reason(row: np.ndarray) -> str:
+    return bytes(np.asarray(row, np.uint8)).rstrip(b"\0").decode("utf-8", "replace")
+
+
+def save_npz_atomic(path: str, **arrays) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}.npz"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_chunk(path: str) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _fmt(x: float) -> str:
+    x = float(x)
+    return "nan" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.6g}")
+
+
+def metric_rows(chunk: dict, paths: Sequence[str], method: str) -> list[list[str]]:
+    """One metrics.csv row per image of a chunk file (empty slots skipped), in id order."""
+    rows = []
+    order = np.argsort(chunk["ids"], kind="stable")
+    for j in order:
+        status = int(chunk["status"][j])
+        if status == EMPTY:
+            continue
+        i = int(chunk["ids"][j])
+        rows.append([str(i), paths[i], method] + [_fmt(chunk[k][j]) for k in METRIC_KEYS]
+                    + [str(int(chunk["iterations"][j])), f"{float(chunk['seconds'][j]):.3f}",
+                       STATUS_NAMES[status]])
+    return rows
+
+
+def failure_rows(chunk: dict, paths: Sequence[str]) -> list[list[str]]:
+    rows = []
+    for j in np.argsort(chunk["ids"], kind="stable"):
+        if int(chunk["status"][j]) in (FAILED, BAD_INPUT):
+            i = int(chunk["ids"][j])
+            rows.append([str(i), paths[i], decode_reason(chunk["reasons"][j])])
+    return rows
+
+
+def _csv_text(rows: Iterable[Sequence[str]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+def write_csv_atomic(path: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(_csv_text([header]) + _csv_text(rows))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def append_csv(path: str, rows: Sequence[Sequence[str]]) -> None:
+    if rows:
+        with open(path, "a", newline="") as f:
+            f.write(_csv_text(rows))
+            f.flush()
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def aggregate(chunks: Sequence[dict]) -> dict:
+    """Counts by status and mean/median metrics over the successfully inverted images."""
+    if not chunks:
+        return {"images": 0}
+    status = np.concatenate([c["status"] for c in chunks])
+    keep = status != EMPTY
+    status = status[keep]
+    ok = np.isin(status, OK_STATUSES)
+    out = {"images": int(keep.sum()),
+           "counts": {name: int((status == code).sum()) for code, name in STATUS_NAMES.items()}}
+    for k in METRIC_KEYS + ("iterations", "seconds"):
+        v = np.concatenate([c[k] for c in chunks])[keep][ok].astype(np.float64)
+        v = v[np.isfinite(v)]
+        out[k] = ({"mean": float(v.mean()), "median": float(np.median(v)),
+                   "min": float(v.min()), "max": float(v.max())} if v.size else None)
+    return out
