@@ -49,3 +49,59 @@ def restore_pytree(path: str, target: Optional[Any] = None) -> Any:
             lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
             else jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), target)
         return ckptr.restore(path, abstract)
+
+
+# ----------------------------------------------------------------------------- training state
+
+
+def train_checkpoint_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+    """An orbax CheckpointManager for a trainer's state under `directory` (created if absent).
+
+    Saves are asynchronous; call `wait_until_finished(mgr)` before reading or exiting.
+    """
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=True)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save_train_state(mgr: ocp.CheckpointManager, step: int, state: Any,
+                     force: bool = True) -> bool:
+    """Save `state` (a pytree of jax arrays, possibly sharded) as checkpoint `step`."""
+    return mgr.save(int(step), args=ocp.args.StandardSave(state), force=force)
+
+
+def restore_train_state(mgr: ocp.CheckpointManager, abstract_state: Any,
+                        step: Optional[int] = None) -> Any:
+    """Restore checkpoint `step` (default: latest) into the structure, shapes and shardings of
+    `abstract_state` (a tree of `jax.ShapeDtypeStruct` with `.sharding`)."""
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{mgr.directory}: no training checkpoint to restore")
+    return mgr.restore(int(step), args=ocp.args.StandardRestore(abstract_state))
+
+
+def latest_train_step(mgr: ocp.CheckpointManager) -> Optional[int]:
+    return mgr.latest_step()
+
+
+def all_train_steps(mgr: ocp.CheckpointManager) -> list[int]:
+    return list(mgr.all_steps())
+
+
+def wait_until_finished(mgr: ocp.CheckpointManager) -> None:
+    mgr.wait_until_finished()
+
+
+# ----------------------------------------------------------------------------- per-chunk results
+
+
+def save_sharded_pytree(path: str, tree: Any) -> None:
+    """Collective save of a tree of (possibly multi-host sharded) jax.Arrays: every process calls
+    it with the same `path`, each writes its own shards (the invert job's per-chunk tuned
+    generators / GMM params). Orbax writes into a temporary directory and renames it when all
+    processes are done, so a kill leaves no half-written `path`; an existing `path` (an
+    uncommitted earlier attempt) is replaced."""
+    path = os.path.abspath(path)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, tree, force=True)
+        ckptr.wait_until_finished()
