@@ -50,7 +50,7 @@ def test_ssim_matches_skimage(hw):
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5, err_msg=name)
 
 
-@pytest.mark.parametrize("hw", [(161, 161), (176, 200)])
+@pytest.mark.parametrize("hw", [(161, 161), pytest.param((176, 200), marks=pytest.mark.slow)])
 def test_ms_ssim_matches_pytorch_msssim(hw):
   # 176x200: odd sizes appear at coarser scales (e.g. 25 px), exercising the padded pooling.
   for name, a, b in _cases(*hw):

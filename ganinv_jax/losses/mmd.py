@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -39,6 +41,12 @@ def mmd_rbf(a: jax.Array, b: jax.Array, sigmas: Sequence[float] = DEFAULT_SIGMAS
     raise ValueError(f"mmd_rbf: the unbiased estimator needs >= 2 samples per set, got {n} and {m}")
   if not sigmas:
     raise ValueError("mmd_rbf: sigmas must be a non-empty sequence")
+  return _mmd_jit(a, b, tuple(float(s) for s in sigmas))
+
+
+@functools.partial(jax.jit, static_argnames=("sigmas",))
+def _mmd_jit(a, b, sigmas):
+  n, m = a.shape[0], b.shape[0]
   a = a.astype(jnp.float32)
   b = b.astype(jnp.float32)
   kaa, kbb, kab = rbf_kernel(a, a, sigmas), rbf_kernel(b, b, sigmas), rbf_kernel(a, b, sigmas)

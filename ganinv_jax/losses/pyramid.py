@@ -12,6 +12,8 @@ which halves the work and is exactly equal.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +69,11 @@ def laplacian_pyramid(x: jax.Array, levels: int = 5) -> list[jax.Array]:
 def laplacian_pyramid_l1(x: jax.Array, y: jax.Array, levels: int = 5) -> jax.Array:
   """Clone's L_recon per image ([N]): sum over levels of mean |L_k(x) - L_k(y)|."""
   common.check_image_pair(x, y, "laplacian_pyramid_l1")
+  return _pyramid_l1_jit(x, y, int(levels))
+
+
+@functools.partial(jax.jit, static_argnames=("levels",))
+def _pyramid_l1_jit(x, y, levels):
   diff = (x - y).astype(jnp.float32)
   total = jnp.zeros((x.shape[0],), jnp.float32)
   for band in laplacian_pyramid(diff, levels):

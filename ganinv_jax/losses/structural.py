@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,10 +68,20 @@ def _ssim_and_cs(x01: jax.Array, y01: jax.Array, win: np.ndarray,
   return jnp.mean(ssim_map, axis=(1, 2)), jnp.mean(cs_map, axis=(1, 2))
 
 
+@functools.partial(jax.jit, static_argnames=("win_size", "win_sigma", "k"))
+def _ssim_jit(x, y, win_size, win_sigma, k):
+  return _ssim_impl(x, y, win_size, win_sigma, k)
+
+
 def ssim(x: jax.Array, y: jax.Array, win_size: int = 11, win_sigma: float = 1.5,
          k: tuple[float, float] = (0.01, 0.03)) -> jax.Array:
   """SSIM per image ([N]) of NHWC images in [-1, 1] (computed on their [0, 1] versions)."""
   common.check_image_pair(x, y, "ssim")
+  return _ssim_jit(x, y, int(win_size), float(win_sigma), tuple(float(v) for v in k))
+
+
+def _ssim_impl(x: jax.Array, y: jax.Array, win_size: int, win_sigma: float,
+               k: tuple[float, float]) -> jax.Array:
   win = gaussian_window(win_size, win_sigma)
   x01 = common.to_unit_range(x.astype(jnp.float32))
   y01 = common.to_unit_range(y.astype(jnp.float32))
@@ -105,6 +117,13 @@ def ms_ssim(x: jax.Array, y: jax.Array, weights: Sequence[float] = MS_SSIM_WEIGH
   if min(x.shape[1:3]) <= min_side:
     raise ValueError(f"ms_ssim: images must be larger than {min_side} px for {levels} scales with "
                      f"a {win_size} px window, got {x.shape[1]}x{x.shape[2]}")
+  return _ms_ssim_jit(x, y, tuple(float(w) for w in weights), int(win_size), float(win_sigma),
+                      tuple(float(v) for v in k))
+
+
+@functools.partial(jax.jit, static_argnames=("weights", "win_size", "win_sigma", "k"))
+def _ms_ssim_jit(x, y, weights, win_size, win_sigma, k):
+  levels = len(weights)
   win = gaussian_window(win_size, win_sigma)
   xs = common.to_unit_range(x.astype(jnp.float32))
   ys = common.to_unit_range(y.astype(jnp.float32))
@@ -124,6 +143,11 @@ def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
   Identical images give +inf, as scikit-image reports; a metric, not meant to be minimized.
   """
   common.check_image_pair(x, y, "psnr")
+  return _psnr_jit(x, y)
+
+
+@jax.jit
+def _psnr_jit(x, y):
   m = common.mse(common.to_unit_range(x), common.to_unit_range(y))
   return -10.0 * jnp.log10(m)
 

@@ -1,0 +1,78 @@
+"""Metric aggregation and reports; the feature-distance interface."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import jax.numpy as jnp
+
+import ganinv_jax.losses as L
+from ganinv_jax.losses import metrics
+
+
+def test_summarize_matches_numpy_and_drops_nonfinite():
+  rng = np.random.default_rng(0)
+  v = rng.standard_normal(101)
+  s = L.summarize(np.concatenate([v, [np.inf, np.nan]]))
+  assert s["count"] == 103 and s["nonfinite"] == 2
+  np.testing.assert_allclose([s["mean"], s["std"], s["min"], s["max"], s["p50"], s["p95"]],
+                             [v.mean(), v.std(), v.min(), v.max(), np.median(v),
+                              np.percentile(v, 95)])
+  empty = L.summarize([np.nan])
+  assert empty["count"] == 1 and np.isnan(empty["mean"])
+
+
+def test_write_report_json_and_csv(tmp_path):
+  per_image = {"psnr": np.array([20.0, 30.0, np.inf]), "lpips": jnp.asarray([0.3, 0.1, 0.0])}
+  rep = L.write_report(str(tmp_path / "run" / "report"), per_image, ["a.png", "b.png", "c.png"],
+                       meta={"method": "pti"})
+  data = json.loads((tmp_path / "run" / "report.json").read_text())
+  assert data["meta"] == {"method": "pti"} and data["num_images"] == 3
+  assert data["summary"]["psnr"]["mean"] == pytest.approx(25.0)
+  assert data["summary"]["psnr"]["nonfinite"] == 1
+  assert data["summary"]["lpips"]["max"] == pytest.approx(0.3)
+  assert rep["summary"]["lpips"]["mean"] == pytest.approx(np.mean([0.3, 0.1, 0.0]))
+  with open(tmp_path / "run" / "report.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["image_id"] for r in rows] == ["a.png", "b.png", "c.png"]
+  assert float(rows[1]["psnr"]) == 30.0 and float(rows[2]["psnr"]) == float("inf")
+  assert float(rows[0]["lpips"]) == pytest.approx(0.3)
+  assert not list((tmp_path / "run").glob(".tmp_*"))
+
+
+def test_report_errors():
+  with pytest.raises(ValueError, match="differ in length"):
+    metrics.summarize_all({"a": [1, 2], "b": [1]})
+  with pytest.raises(ValueError, match="2 image ids for 3 images"):
+    metrics.csv_rows({"a": [1, 2, 3]}, ["x", "y"])
+
+
+def test_feature_interface_with_custom_net():
+  # A toy "identity network": per-layer features from a fixed linear map.
+  proj = jnp.asarray(np.random.default_rng(0).standard_normal((3, 5)), jnp.float32)
+
+  def apply(params, x):
+    return {"pool": jnp.mean(x, axis=(1, 2)) @ params, "pix": x[:, ::4, ::4, :] @ params}
+  net = L.FeatureNet("toy", apply, proj, input_size=8, crop=(2, 2, 18, 18))
+  x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 20, 20, 3)), jnp.float32)
+  y = x.at[:, 5:10, 5:10].add(0.5)
+  assert np.allclose(L.feature_distance(net, x, x), 0.0, atol=1e-6)
+  d_l2 = np.asarray(L.feature_distance(net, x, y, kind="l2"))
+  xp, yp = net.preprocess(x), net.preprocess(y)
+  f = lambda im: [jnp.mean(im, axis=(1, 2)) @ proj, im[:, ::4, ::4, :] @ proj]
+  ref = sum(np.mean(np.reshape((a - b) ** 2, (2, -1)), 1) for a, b in zip(f(xp), f(yp))) / 2
+  np.testing.assert_allclose(d_l2, ref, rtol=1e-5)
+  # Outside the crop, changes are invisible.
+  z = x.at[:, :2, :, :].add(0.7)
+  assert np.allclose(L.feature_distance(net, x, z), 0.0, atol=1e-6)
+  with pytest.raises(ValueError, match="unknown kind"):
+    L.feature_distance(net, x, y, kind="kl")
+
+
+def test_feature_registry():
+  L.register_feature_net("toy_identity", lambda: L.FeatureNet("toy_identity", lambda p, x: x, None))
+  assert L.get_feature_net("toy_identity").name == "toy_identity"
+  with pytest.raises(ValueError, match="not registered"):
+    L.get_feature_net("arcface_missing")
+  with pytest.raises(ValueError, match="unknown layer"):
+    L.vgg16_feature_net(("conv9_9",))
