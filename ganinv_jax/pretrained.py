@@ -250,5 +250,20 @@ def load(path: str = "default", which: str = "G_ema",
         msg = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(f"{params_dir}: cannot restore parameters "
                          f"({type(e).__name__}: {msg[:300]})") from None
+    _check_like(trees, abstract, params_dir)
     trees = {k: trees[k] for k in nets}
     return PretrainedGAN(cfg, trees, which=which, meta=doc)
+
+
+def _check_like(tree: Any, abstract: Any, where: str) -> None:
+    """Orbax may restore into a target of another shape without complaint: check ourselves."""
+    got = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    want = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
+    if set(got) != set(want):
+        odd = sorted(set(got) ^ set(want))
+        raise ValueError(f"{where}: cannot restore parameters (tree mismatch at {odd[0]})")
+    for k, spec in want.items():
+        if tuple(got[k].shape) != tuple(spec.shape) or got[k].dtype != spec.dtype:
+            raise ValueError(f"{where}: cannot restore parameters ({k} is "
+                             f"{tuple(got[k].shape)} {got[k].dtype}, config implies "
+                             f"{tuple(spec.shape)} {spec.dtype})")

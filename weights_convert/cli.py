@@ -51,5 +51,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = converted.config
     print(f"wrote {out}: {', '.join(converted.meta['networks'])}; resolution {cfg.resolution}, "
           f"channels {list(cfg.channels)}, z/w {cfg.z_dim}/{cfg.w_dim}, "
-          f"G {cfg.architecture}, D {cfg.d_architecture}")
+          f"G {cfg.architecture}"
+          + (f", D {cfg.d_architecture}" if "D" in converted.trees else ""))
     return 0
