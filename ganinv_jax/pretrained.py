@@ -163,24 +163,26 @@ class PretrainedGAN:
             raise ValueError(f"images must be NHWC [N, {', '.join(map(str, want))}], "
                              f"got {tuple(images.shape)}")
 
-    # -- convenience wrappers over this GAN's own variables (jit-compiled)
+    # -- convenience wrappers (jit-compiled). `variables=` swaps in other variables of the same
+    #    shapes (e.g. a tuned G) and reuses the compiled function.
 
-    def mapping(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None):
+    def mapping(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None, variables=None):
         fn = (self._mapping_static if isinstance(truncation_psi, (int, float))
               else self._mapping_traced)
-        return fn(self.G, z, c, truncation_psi=truncation_psi,
-                  truncation_cutoff=truncation_cutoff)
+        return fn(self.G if variables is None else variables, z, c,
+                  truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
-    def synthesis(self, ws, noise_mode="const", key=None, noise=None):
-        return self._synthesis(self.G, ws, noise_mode=noise_mode, key=key, noise=noise)
+    def synthesis(self, ws, noise_mode="const", key=None, noise=None, variables=None):
+        return self._synthesis(self.G if variables is None else variables, ws,
+                               noise_mode=noise_mode, key=key, noise=noise)
 
-    def discriminate(self, images, c=None):
-        return self._discriminate(self.D, images, c)
+    def discriminate(self, images, c=None, variables=None):
+        return self._discriminate(self.D if variables is None else variables, images, c)
 
-    def encode(self, images):
+    def encode(self, images, variables=None):
         if not self.config.d_w_head:
             raise ValueError("this discriminator has no w head (config.d_w_head is False)")
-        return self._encode(self.D, images)
+        return self._encode(self.D if variables is None else variables, images)
 
     def generate(self, z, c=None, truncation_psi=1.0, noise_mode="const", key=None):
         return self.synthesis(self.mapping(z, c, truncation_psi), noise_mode, key)

@@ -138,15 +138,16 @@ def test_which_selects_the_raw_generator(gan_dir, gan, ws, trees):
     assert raw.which == "G"
     a, b = gan.synthesis(ws), raw.synthesis(ws)
     assert float(jnp.abs(a - b).max()) > 1e-3
-    np.testing.assert_allclose(b, gan.synthesis_fn(gan.params["G"], ws), atol=1e-5)
+    np.testing.assert_allclose(b, gan.synthesis(ws, variables=gan.params["G"]), atol=1e-5)
     only = pretrained.load(gan_dir, networks=["G_ema"])
     assert sorted(only.params) == ["G_ema"]
     with pytest.raises(ValueError, match="'G'"):
         pretrained.load(gan_dir, which="G", networks=["G_ema"])
 
 
-def test_functional_forms_jit_grad_vmap(gan, ws):
-    """What the G-tuning inversion methods need: params as explicit, differentiable inputs."""
+def test_functional_forms_jit_grad(gan, ws):
+    """What the G-tuning inversion methods need: params as explicit, differentiable inputs.
+    (vmap over per-image params is covered in test_stylegan2.py.)"""
     syn = jax.jit(gan.synthesis_fn, static_argnames="noise_mode")
     target = gan.synthesis(ws) + 0.1
 
@@ -157,10 +158,6 @@ def test_functional_forms_jit_grad_vmap(gan, ws):
     assert all(bool(jnp.isfinite(x).all()) for x in leaves)
     assert sum(float(jnp.abs(x).sum()) for x in leaves) > 0
     assert float(jnp.abs(g_ws).sum()) > 0
-    # Per-image generators: vmap over stacked params (one copy per image).
-    stacked = jax.tree_util.tree_map(lambda x: jnp.stack([x, x * 1.01]), gan.G)
-    per = jax.vmap(lambda p, w: gan.synthesis_fn(p, w[None])[0])(stacked, ws[:2])
-    np.testing.assert_allclose(per[0], gan.synthesis(ws[:1])[0], atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- errors
