@@ -63,11 +63,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         elif o == "dcgan":
             c.backbone = "dcgan"
         elif o == "tiny":
-            c.model.channels = (16, 16, 8)
-            c.model.resolution = 16
+            c.model.channels = (16, 8)
+            c.model.resolution = 8
             c.model.z_dim = c.model.w_dim = 16
-            c.dcgan.update(resolution=16, channels=(16, 8), z_dim=16, w_dim=16)
-            c.data.resolution = 16
+            c.dcgan.update(resolution=8, channels=(16,), z_dim=16, w_dim=16)
+            c.data.resolution = 8
             c.data.limit = 256
             c.batch_size = 8
             c.num_train_steps = 4

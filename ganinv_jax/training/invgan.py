@@ -309,10 +309,23 @@ def train_step(state: InvGANState, reals, config, nets: Nets):
     return new, metrics
 
 
+_JIT_CACHE: dict = {}
+
+
+def _config_key(config) -> str:
+    return config.to_json_best_effort(sort_keys=True)
+
+
 def jit_train_step(config, nets: Nets, state_shardings, mesh):
-    step = functools.partial(train_step, config=config, nets=nets)
-    return jax.jit(step, in_shardings=(state_shardings, shd.batch_sharding(mesh)),
-                   out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
+    """The jitted step, cached per (config, mesh) so repeated runs in one process (resume,
+    tests) reuse one compilation."""
+    key = (_config_key(config), mesh)
+    if key not in _JIT_CACHE:
+        step = functools.partial(train_step, config=config, nets=nets)
+        _JIT_CACHE[key] = jax.jit(step, in_shardings=(state_shardings, shd.batch_sharding(mesh)),
+                                  out_shardings=(state_shardings, shd.replicated(mesh)),
+                                  donate_argnums=0)
+    return _JIT_CACHE[key]
 
 
 # ----------------------------------------------------------------------------- inference

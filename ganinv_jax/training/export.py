@@ -1,0 +1,196 @@
+"""Export a trained InvGAN-StyleGAN2 workdir as a `pretrained.load`-able DIR, with pictures.
+
+    python -m ganinv_jax.training.export --config=configs/invgan_fashion_mnist.py \
+        --workdir=/work/runs/invgan_fmnist --out=ganinv_jax/assets/default
+
+DIR layout (the `weights_convert` format): `config.json` ({format_version, architecture,
+networks, source, config=StyleGAN2Config.to_dict()}) and `params/` = orbax tree
+{'G_ema': {'params', 'buffers'}, 'G': {...}, 'D': {'params'}}. The EMA of mapped w tracked
+during training is in `buffers/mapping/w_avg`. Beside them: `train_config.json`,
+`samples.png`, `reconstructions.png`, `curves.csv`, `curves.png`, `eval.json`.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import uuid
+
+import jax
+import numpy as np
+
+from ganinv_jax import checkpointing
+from ganinv_jax.training import invgan
+from ganinv_jax.training import sharding as shd
+from ganinv_jax.training import state as state_lib
+
+
+def restore_workdir(config, workdir: str, step=None):
+    """(nets, host state) of the latest (or given) checkpoint of a training workdir."""
+    nets, mesh, init_fn = invgan.setup(config, shd.make_mesh(1))
+    abstract, _ = state_lib.abstract_state(init_fn, jax.random.key(config.seed), mesh)
+    mgr = checkpointing.train_checkpoint_manager(os.path.join(workdir, "checkpoints"))
+    try:
+        state = checkpointing.restore_train_state(mgr, abstract, step)
+    finally:
+        mgr.close()
+    return nets, jax.device_get(state)
+
+
+def export_trees(state) -> dict:
+    return {"G_ema": {"params": state.g_ema, "buffers": state.g["buffers"]},
+            "G": {"params": state.g["params"], "buffers": state.g["buffers"]},
+            "D": {"params": state.d}}
+
+
+def save_png(path: str, grid_u8: np.ndarray) -> None:
+    from PIL import Image
+    Image.fromarray(grid_u8 if grid_u8.shape[-1] == 3 else grid_u8[..., 0]).save(path)
+
+
+def sample_grid(nets, g_vars, n: int = 64, seed: int = 123) -> np.ndarray:
+    z = jax.random.normal(jax.random.key(seed), (n, nets.z_dim))
+    imgs = jax.jit(lambda v, z: nets.synthesis(v, nets.mapping(v, z)))(g_vars, z)
+    return invgan.image_grid(np.asarray(imgs), 8)
+
+
+def reconstruction_grid(nets, g_vars, d_params, test_images, n: int = 16) -> np.ndarray:
+    """Rows of (real, G(D_w(real)), |diff| - 1) triplets, `n` test images, 8 per row."""
+    x = np.asarray(test_images[:n])
+    _, rec = invgan.reconstruct(nets, g_vars, d_params, x)
+    diff = np.abs(rec - x) - 1.0          # |diff| in [0, 2] shown as [-1, 1]
+    rows = []
+    for i in range(0, n, 8):
+        rows += [x[i:i + 8], np.clip(rec[i:i + 8], -1, 1), np.clip(diff[i:i + 8], -1, 1)]
+    return invgan.image_grid(np.concatenate(rows), 8)
+
+
+def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
+    """All scalars from the workdir's TensorBoard event files."""
+    import tensorflow as tf
+    out: dict[str, dict[int, float]] = {}
+    for f in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        for ev in tf.compat.v1.train.summary_iterator(f):
+            for v in ev.summary.value:
+                if v.HasField("tensor"):
+                    arr = tf.make_ndarray(v.tensor)
+                    if arr.size != 1 or arr.dtype.kind not in "fiu":
+                        continue
+                    val = float(arr.reshape(()))
+                elif v.HasField("simple_value"):
+                    val = float(v.simple_value)
+                else:
+                    continue
+                out.setdefault(v.tag, {})[int(ev.step)] = val   # later writes win (resume)
+    return {k: sorted(d.items()) for k, d in out.items()}
+
+
+def write_curves(scalars, csv_path: str, png_path: str,
+                 tags=("g_adv", "d_adv", "g_lat", "fm", "mmd", "rec_mae_train")) -> None:
+    steps = sorted({s for v in scalars.values() for s, _ in v})
+    names = sorted(scalars)
+    table = {k: dict(v) for k, v in scalars.items()}
+    with open(csv_path, "w") as f:
+        f.write(",".join(["step"] + names) + "\n")
+        for s in steps:
+            f.write(",".join([str(s)] + [f"{table[k][s]:.6g}" if s in table[k] else ""
+                                         for k in names]) + "\n")
+    _plot_png([(t, scalars[t]) for t in tags if t in scalars], png_path)
+
+
+def _plot_png(series, path: str, w: int = 360, h: int = 200) -> None:
+    """One small panel per series (PIL only; no matplotlib on the target machines)."""
+    from PIL import Image, ImageDraw
+    cols = 3
+    rows = max(1, -(-len(series) // cols))
+    img = Image.new("RGB", (cols * w, rows * h), "white")
+    draw = ImageDraw.Draw(img)
+    for i, (name, pts) in enumerate(series):
+        ox, oy = (i % cols) * w, (i // cols) * h
+        xs = np.array([p[0] for p in pts], float)
+        ys = np.array([p[1] for p in pts], float)
+        draw.rectangle([ox + 40, oy + 20, ox + w - 10, oy + h - 25], outline="black")
+        lo, hi = float(np.min(ys)), float(np.max(ys))
+        hi = hi if hi > lo else lo + 1e-6
+        x0, x1 = xs.min(), max(xs.max(), xs.min() + 1)
+        px = ox + 40 + (xs - x0) / (x1 - x0) * (w - 50)
+        py = oy + h - 25 - (ys - lo) / (hi - lo) * (h - 45)
+        draw.line(list(zip(px.tolist(), py.tolist())), fill="navy", width=1)
+        draw.text((ox + 45, oy + 4), f"{name}  [{lo:.3g}, {hi:.3g}]", fill="black")
+        draw.text((ox + 40, oy + h - 20), f"step {int(x0)}..{int(x1)}", fill="black")
+    img.save(path)
+
+
+def export(config, workdir: str, out: str, num_test: int = 0, step=None,
+           source_note: str = "") -> dict:
+    """Write the DIR (atomically: temp sibling then rename; an existing `out` is replaced)."""
+    from ganinv_jax import pretrained
+    if config.backbone != "stylegan2":
+        raise ValueError("only the StyleGAN2 backbone exports to the pretrained DIR format")
+    nets, state = restore_workdir(config, workdir, step)
+    step = int(state.step)
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        trees = export_trees(state)
+        checkpointing.save_pytree(os.path.join(tmp, pretrained.PARAMS_NAME), trees)
+        doc = {"format_version": 1, "architecture": "stylegan2", "networks": sorted(trees),
+               "source": {"format": "ganinv_jax-invgan", "trainer": "ganinv_jax.training.invgan",
+                          "config": "configs/invgan_fashion_mnist.py", "variant": config.variant,
+                          "dataset": "fashion_mnist (train split, padded to 32x32, 3 channels)",
+                          "step": step, "images_seen": step * config.batch_size,
+                          "note": source_note},
+               "config": nets.model_config.to_dict()}
+        with open(os.path.join(tmp, pretrained.CONFIG_NAME), "w") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+            f.write("\n")
+        with open(os.path.join(tmp, "train_config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        # Pictures and numbers from the exported trees themselves (loaded back through
+        # `pretrained.load`, so they also check the format).
+        gan = pretrained.load(tmp)
+        g_vars, d_params = gan.params["G_ema"], gan.params["D"]["params"]
+        save_png(os.path.join(tmp, "samples.png"), sample_grid(nets, g_vars))
+        test = invgan.load_test_images(config, num_test or None)
+        save_png(os.path.join(tmp, "reconstructions.png"),
+                 reconstruction_grid(nets, g_vars, d_params, test))
+        res = {"step": step, "num_test": int(test.shape[0]),
+               "test_mae_g_ema": invgan.test_reconstruction_mae(nets, g_vars, d_params, test),
+               "test_mae_g": invgan.test_reconstruction_mae(nets, gan.params["G"], d_params,
+                                                            test),
+               "sec_per_latent_cpu": invgan.time_per_latent(nets, d_params, test)}
+        with open(os.path.join(tmp, "eval.json"), "w") as f:
+            json.dump(res, f, indent=2)
+        scalars = read_scalars(workdir)
+        if scalars:
+            write_curves(scalars, os.path.join(tmp, "curves.csv"),
+                         os.path.join(tmp, "curves.png"))
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", None, "training config", lock_config=True)
+    flags.DEFINE_string("workdir", None, "training workdir")
+    flags.DEFINE_string("out", None, "output DIR")
+    flags.DEFINE_integer("num_test", 0, "test images for the MAE (0: all 10000)")
+    flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+    flags.DEFINE_string("note", "", "free text recorded in config.json source.note")
+    flags.mark_flags_as_required(["config", "workdir", "out"])
+
+    def _main(argv):
+        del argv
+        F = flags.FLAGS
+        print(json.dumps(export(F.config, F.workdir, F.out, F.num_test, F.step, F.note)))
+    app.run(_main)
