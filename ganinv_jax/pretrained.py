@@ -135,7 +135,8 @@ class PretrainedGAN:
         """
         if noise_mode == "random":
             if key is None:
-                raise ValueError("noise_mode='random' needs a PRNG key: synthesis(ws, 'random', key)")
+                raise ValueError("noise_mode='random' needs a PRNG key: "
+                                 "synthesis(ws, 'random', key)")
             noise = {**self.random_noise(key, ws.shape[0]), **dict(noise or {})}
             noise_mode = "const"    # every layer is given explicitly now
         elif noise_mode not in ("const", "none"):

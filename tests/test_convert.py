@@ -10,7 +10,6 @@ import io
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -475,3 +474,60 @@ def test_cli_subprocess_without_torch(tmp_path, converted):
 def jax_leaves(tree):
     import jax
     return jax.tree_util.tree_leaves(tree)
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+_INVERSE = {"id": lambda a: a, "dense": lambda a: a.T, "scalar": lambda a: a,
+            "conv": lambda a: a.transpose(3, 2, 0, 1), "const_chw": lambda a: a.transpose(2, 0, 1)}
+
+
+def _as_nvlabs_state_dict(cfg, net, variables):
+    """Invert the NVlabs name table: our variables -> a torch-layout state_dict (+ filters)."""
+    from flax.traverse_util import flatten_dict
+    from weights_convert import tables
+    from weights_convert.convert import expected_fir
+    table = (tables.nvlabs_discriminator if net == "D" else tables.nvlabs_generator)(cfg)
+    flat = {"/".join(k): np.asarray(v) for k, v in flatten_dict(variables).items()}
+    sd = {r.src: _INVERSE[r.transform](flat[r.dst]) for r in table.rules}
+    sd.update({k: expected_fir(cfg.fir, g).astype(np.float32) for k, g in table.fir.items()})
+    return sd
+
+
+@pytest.mark.parametrize("kw", [
+    dict(resolution=16, channels=(16, 8, 8), c_dim=3, img_channels=1, architecture="resnet",
+         d_architecture="skip", d_mapping_layers=2, d_cmap_dim=12, mapping_layer_features=24),
+    dict(resolution=8, channels=(8, 4), architecture="orig", d_architecture="orig",
+         mbstd_num_channels=2, conv_clamp=None),
+], ids=["cond-gray-resnet-skip", "orig-orig"])
+def test_nvlabs_inference_round_trip(kw):
+    """Architecture inference + name tables on layouts the fixtures do not cover, in-process:
+    our random variables -> NVlabs-layout snapshot -> convert -> the same config and values."""
+    import collections
+    from ganinv_jax.models.stylegan2 import StyleGAN2Config
+    from weights_convert.convert import _convert_nvlabs
+    base = dict(z_dim=8, w_dim=16, mapping_layers=2, conv_clamp=256.0)
+    cfg = StyleGAN2Config(**{**base, **kw})
+    rng = np.random.RandomState(0)
+    trees = {net: jax_tree_map(lambda x: rng.standard_normal(x.shape).astype(np.float32), tree)
+             for net, tree in pretrained.abstract_variables(cfg, ["G_ema", "D"]).items()}
+    g_kwargs = {"synthesis_kwargs": {"conv_clamp": cfg.conv_clamp}}
+    d_kwargs = {"conv_clamp": cfg.conv_clamp, "epilogue_kwargs": {"mbstd_group_size": 4}}
+
+    def module(sd, kwargs):
+        return {"type": "class", "class_name": "X",
+                "state": {"_parameters": collections.OrderedDict(sd), "_buffers": {},
+                          "_modules": {}, "_init_kwargs": kwargs}}
+    snap = {"G_ema": module(_as_nvlabs_state_dict(cfg, "G_ema", trees["G_ema"]), g_kwargs),
+            "D": module(_as_nvlabs_state_dict(cfg, "D", trees["D"]), d_kwargs)}
+    got_cfg, got, _ = _convert_nvlabs(snap, "mem.pkl", "nvlabs-pkl", False, True, None)
+    assert got_cfg == cfg
+    for net in ("G_ema", "D"):
+        for a, b in zip(jax_leaves(got[net]), jax_leaves(trees[net])):
+            np.testing.assert_array_equal(a, b)
+
+
+def jax_tree_map(fn, tree):
+    import jax
+    return jax.tree_util.tree_map(fn, tree)

@@ -88,7 +88,8 @@ def nvlabs_config(g: Mapping[str, np.ndarray], d: Optional[Mapping[str, np.ndarr
                   conv_clamp_default: Optional[float] = 256.0) -> tuple[StyleGAN2Config, dict]:
     """Returns the config and a dict saying where the shape-less hyper-parameters came from."""
     g_kwargs, d_kwargs = dict(g_kwargs or {}), dict(d_kwargs or {})
-    mk, sk = dict(g_kwargs.get("mapping_kwargs") or {}), dict(g_kwargs.get("synthesis_kwargs") or {})
+    mk = dict(g_kwargs.get("mapping_kwargs") or {})
+    sk = dict(g_kwargs.get("synthesis_kwargs") or {})
     if "mapping.fc0.weight" not in g:
         raise CheckpointError(f"{source}: missing tensor 'mapping.fc0.weight' (not an NVlabs "
                               "generator state_dict)")
@@ -123,7 +124,8 @@ def nvlabs_config(g: Mapping[str, np.ndarray], d: Optional[Mapping[str, np.ndarr
     if "resample_filter" in sk:
         cfg["fir"] = tuple(sk["resample_filter"])
     provenance = {"conv_clamp": clamp_src,
-                  "mapping_lr_multiplier": "G._init_kwargs" if "lr_multiplier" in mk else "default 0.01"}
+                  "mapping_lr_multiplier":
+                      "G._init_kwargs" if "lr_multiplier" in mk else "default 0.01"}
     if d is not None:
         cfg.update(_nvlabs_d_fields(d, d_kwargs, source, channels, top))
         check_d_conditioning(cfg, source)

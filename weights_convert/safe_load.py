@@ -14,7 +14,6 @@ Supported containers:
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import io
 import pickle
@@ -126,10 +125,6 @@ def _np_scalar(dtype, data=None):
 def _reconstruct_persistent_obj(meta):
     """NVlabs `torch_utils.persistence`: keep the meta dict; never exec `module_src`."""
     return meta
-
-
-def _refuse_load_from_bytes(_):
-    raise CheckpointError("nested storage bytes")   # replaced per unpickler, see below
 
 
 def _allowed_table(load_from_bytes: Callable) -> dict[tuple[str, str], Any]:
@@ -341,7 +336,8 @@ def load(path: str) -> tuple[str, Any]:
             if kind == "pickle" and data.read(1):
                 raise CheckpointError(f"{path}: trailing data after the pickle")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated file ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated file "
+                              f"({type(e).__name__}: {e})") from None
     return kind, _materialize(obj)
 
 
