@@ -1,0 +1,169 @@
+"""Clone — "Near Perfect GAN Inversion" (paper 001), Algorithm 1, for one image.
+
+Start from a latent w (W+; given by an encoder or latent optimization: Algorithm 1's h(x)) that
+stays fixed; copies of G and D are tweaked. Every step t:
+  u ~ U[0, 1); local = u < p
+  L_recon     = Laplacian-pyramid L1 (sum over levels of mean |L_k(x) - L_k(G(w))|)
+  L_adv_local = log D(x) + log(1 - D(G(w)))
+  L_local     = L_recon + λ L_adv_local        if local else 0
+  L_global    = the GAN's own StyleGAN2 loss on real samples and fresh z
+  G ← Adam(∂(L_local + L_global)/∂G);  D ← Adam(its side of the same objective)
+  stop when L_recon < ε   (the engine's convergence mask; L_recon of this step's G)
+Paper defaults: p = 1/4 (faces), λ = 10, ε = 0.001, T = 100k (our `num_steps` is a cap).
+
+Our choices (the paper is silent or defers to its supplement):
+  * G's side of L_adv_local: `g_adv_local='minimax'` (default) minimizes the paper's literal
+    log(1 - D(G(w))) = -softplus(l); 'nonsaturating' uses softplus(-l) like StyleGAN2's G loss.
+    D's side: D maximizes L_adv_local, i.e. minimizes λ (softplus(-D(x)) + softplus(D(G(w)))).
+  * L_global = StyleGAN2's: G non-saturating softplus(-D(G(z))); D logistic loss + lazy R1
+    (gamma `r1_gamma`, every `r1_interval` steps, on the real batch, with StyleGAN2's lazy Adam
+    correction). No path-length regularizer and no style mixing (they shape training, not this
+    local tweak).
+  * Real samples: `global_batch` images drawn (per-image key) from `Frozen.reals`, a batch of G's
+    training data passed in frozen. FALLBACK when `Frozen.reals` is None: samples of the frozen
+    ORIGINAL G (random z, random noise) stand in for p_x — this only anchors the tuned G to the
+    original one; it is not the paper's setting.
+  * D sees the query and the reals in ONE batch [x, reals] (and [G(w), fakes]) so its
+    minibatch-stddev layer sees a normal group: global_batch + 1 should be a multiple of
+    `mbstd_group_size` (default 3 + 1 = 4). R1 is taken on that real batch.
+  * lr: both G and D use StyleGAN2's training Adam (lr 0.002, betas (0, 0.99), eps 1e-8) — the
+    global term IS the pretrained GAN's training, so its own optimizer settings keep it stable;
+    D's lr/betas get the lazy-R1 correction.
+  * The whole G (mapping + synthesis) is tuned (L_global samples z through the mapping); fakes use
+    random noise, the reconstruction uses constant noise. `tuned` in the result is the delta of G's
+    params against the frozen base (the tuned D is kept in the state only).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ganinv_jax.inversion import base
+from ganinv_jax.losses import gan as gan_losses
+from ganinv_jax.losses import pyramid
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.num_steps = 1000              # cap (paper: T = 100k)
+    c.p = 0.25                      # probability of a local step (faces; 1/8 cars, 1/32 AFHQ)
+    c.lam = 10.0                    # λ (20 for horses)
+    c.eps = 1e-3                    # stop when L_recon < eps
+    c.pyramid_levels = 5
+    c.g_adv_local = "minimax"       # 'minimax' (paper's log(1 - D)) | 'nonsaturating'
+    c.global_batch = 3
+    c.lr = 0.002
+    c.betas = (0.0, 0.99)
+    c.r1_gamma = 10.0
+    c.r1_interval = 16
+    return c
+
+
+def _txs(cfg):
+    d_lr, d_betas = gan_losses.lazy_adam_hparams(cfg.lr, tuple(cfg.betas), cfg.r1_interval)
+    return (optax.adam(cfg.lr, b1=cfg.betas[0], b2=cfg.betas[1], eps=1e-8),
+            optax.adam(d_lr, b1=d_betas[0], b2=d_betas[1], eps=1e-8))
+
+
+def init(key, image, frozen: base.Frozen, init_latent, cfg):
+    if frozen.d is None:
+        raise ValueError("clone needs the discriminator: make_frozen(..., d_vars=D variables)")
+    tx_g, tx_d = _txs(cfg)
+    g, d = frozen.g["params"], frozen.d["params"]
+    return dict(t=jnp.asarray(0, jnp.int32), key=key, image=image,
+                ws=base.check_latent(init_latent, frozen.g_cfg), g=g, d=d,
+                g_opt=tx_g.init(g), d_opt=tx_d.init(d))
+
+
+def local_indicator(key, p: float):
+    """Algorithm 1 lines 5-6: u ~ U[0,1); local iff u < p."""
+    return jax.random.uniform(key) < p
+
+
+def sample_reals(frozen: base.Frozen, key, n: int):
+    """n real samples from `Frozen.reals`, or (fallback) from the frozen original G."""
+    if frozen.reals is not None:
+        idx = jax.random.randint(key, (n,), 0, frozen.reals.shape[0])
+        return frozen.reals[idx]
+    kz, kn = jax.random.split(key)
+    return jax.lax.stop_gradient(base.synthesize(
+        frozen, base.random_ws(frozen, kz, n), noise_mode="random", rng=kn))
+
+
+def g_local_adv(fake_logit, kind: str):
+    if kind == "minimax":
+        return -jax.nn.softplus(fake_logit)           # log(1 - sigmoid(l))
+    if kind == "nonsaturating":
+        return jax.nn.softplus(-fake_logit)
+    raise ValueError(f"clone: g_adv_local must be 'minimax' or 'nonsaturating', got {kind!r}")
+
+
+def g_loss(g_params, d_params, frozen, ws, image, local, z, noise_key, cfg):
+    """G's side of L = 1_p[L_recon + λ L_adv_local] + L_global. Returns (loss, aux)."""
+    x_star = base.synthesize(frozen, ws[None], g_params)
+    fakes = base.synthesize(frozen, base.mapping(frozen, z, g_params), g_params,
+                            noise_mode="random", rng=noise_key)
+    logits = base.discriminate(frozen, jnp.concatenate([x_star, fakes]), d_params)
+    recon = pyramid.laplacian_pyramid_l1(image[None], x_star, cfg.pyramid_levels)[0]
+    local_loss = recon + cfg.lam * g_local_adv(logits[0], cfg.g_adv_local)
+    global_loss = jnp.mean(gan_losses.g_nonsaturating_loss(logits[1:]))
+    loss = jnp.where(local, local_loss, 0.0) + global_loss
+    return loss, dict(x_star=x_star, fakes=fakes, recon=recon, g_global=global_loss,
+                      g_local=local_loss)
+
+
+def d_loss(d_params, frozen, image, x_star, fakes, reals, local, t, cfg):
+    """D's side: 1_p[λ (softplus(-D(x)) + softplus(D(G(w))))] + logistic loss + lazy R1."""
+    real_batch = jnp.concatenate([image[None], reals])
+    d_fn = lambda imgs: base.discriminate(frozen, imgs, d_params)
+    real_logits = d_fn(real_batch)
+    fake_logits = d_fn(jax.lax.stop_gradient(jnp.concatenate([x_star, fakes])))
+    local_loss = cfg.lam * gan_losses.d_logistic_loss(real_logits[0], fake_logits[0])
+    global_loss = jnp.mean(jax.nn.softplus(fake_logits[1:])) + \
+        jnp.mean(jax.nn.softplus(-real_logits[1:]))
+    r1 = jnp.zeros((), jnp.float32)
+    if cfg.r1_gamma > 0:
+        r1 = jax.lax.cond(gan_losses.lazy_reg_active(t, cfg.r1_interval),
+                          lambda x: jnp.mean(gan_losses.r1_penalty(d_fn, x)),
+                          lambda x: jnp.zeros((), jnp.float32), real_batch)
+    r1_term = gan_losses.lazy_reg_gain(cfg.r1_interval) * cfg.r1_gamma / 2.0 * r1
+    loss = jnp.where(local, local_loss, 0.0) + global_loss + r1_term
+    return loss, dict(d_global=global_loss, d_local=local_loss, r1=r1)
+
+
+def step(state, frozen: base.Frozen, cfg):
+    key, ku, kz, kn, kr = jax.random.split(state["key"], 5)
+    local = local_indicator(ku, cfg.p)
+    z = jax.random.normal(kz, (cfg.global_batch, frozen.g_cfg.z_dim))
+    reals = sample_reals(frozen, kr, cfg.global_batch)
+    tx_g, tx_d = _txs(cfg)
+
+    (gl, gaux), g_grads = jax.value_and_grad(g_loss, has_aux=True)(
+        state["g"], state["d"], frozen, state["ws"], state["image"], local, z, kn, cfg)
+    (dl, daux), d_grads = jax.value_and_grad(d_loss, has_aux=True)(
+        state["d"], frozen, state["image"], gaux["x_star"], gaux["fakes"], reals, local,
+        state["t"], cfg)
+    g_up, g_opt = tx_g.update(g_grads, state["g_opt"], state["g"])
+    d_up, d_opt = tx_d.update(d_grads, state["d_opt"], state["d"])
+    new = dict(state, t=state["t"] + 1, key=key, g=optax.apply_updates(state["g"], g_up),
+               d=optax.apply_updates(state["d"], d_up), g_opt=g_opt, d_opt=d_opt)
+    mse = base.mse1(gaux["x_star"][0], state["image"])
+    metrics = dict(loss=gl, recon=gaux["recon"], mse=mse, local=local.astype(jnp.float32),
+                   g_global=gaux["g_global"], g_local=gaux["g_local"], d_loss=dl,
+                   d_global=daux["d_global"], r1=daux["r1"])
+    return new, metrics
+
+
+def result(state, frozen: base.Frozen, cfg):
+    recon = base.synthesize(frozen, state["ws"][None], state["g"])[0]
+    return dict(latent=state["ws"], recon=recon,
+                tuned=base.tree_sub(state["g"], frozen.g["params"]))
+
+
+def converged(metrics, cfg):
+    return metrics["recon"] < cfg.eps
+
+
+METHOD = base.Method("clone", init, step, result, default_config, converged, tunes_weights=True)

@@ -1,0 +1,225 @@
+"""GMM — gradient modification modules ("Gradient Adjusting Networks for Domain Inversion", 002).
+
+No public code exists and the paper's equations were lost in extraction: this is our
+reconstruction of its text (PAPERS.md §3). Per image:
+  * pivot w (fixed; from an encoder — the paper uses e4e — or latent optimization);
+  * θ0 = G's frozen synthesis weights; g = ∂L_rec(G(w; θ0), x)/∂θ0 for every conv weight
+    (L_rec = l2_weight * MSE + lpips_weight * LPIPS);
+  * tuned weights θ' = θ0 + sign * out_scale * M_φ(g), sign = -1 by default (a learned
+    "gradient step"; config switch `sign`), applied once to θ0. `recompute_g=True` instead
+    re-evaluates g at the current θ' after every update (stop-gradient) and feeds that to M_φ.
+  * M_φ: ONE module per input-channel width C; every conv layer (3x3 modulated convs and 1x1
+    ToRGB) whose weight is [k, k, C, O] shares M_C, applied to the gradient viewed as k*k*O
+    vectors of length C. A module is `num_blocks` residual blocks
+        h <- h + W2 · LeakyReLU_0.2(SN(W1 · h + b)),   SN(v) = s · v / |v|  (ScaleNorm)
+    with W1 [C, H], W2 [H, C] (H = hidden_mult * C) He-normal times `init_scale` (small, so M
+    starts near the identity), b ~ U(-1/sqrt(C), 1/sqrt(C)) (PyTorch Linear's bias init), s = sqrt(H)
+    (unit-RMS output of SN at init). No input normalization (the paper's Table 8: not needed).
+  * only φ is optimized, with Ranger = Lookahead(RAdam, k=6, α=0.5) (optax.radam +
+    optax.lookahead); the losses use the fast weights; 300 iterations by default (faces, AFHQ).
+  * loss = l2_weight L2 + lpips_weight LPIPS + id_weight ID + reg_weight L_R, where
+    L_R = mean over `reg_samples` random w_r = mapping(z) of reg_l2_weight * MSE + reg_lpips_weight
+    * LPIPS between G(w_r; θ') and G(w_r; θ0) (the localization regularizer), and ID is
+    `Frozen.id_loss(x, y)` (any feature loss, e.g. 1 - cos of face-recognition features; the paper's
+    ArcFace/MoCo and face-parsing terms need converted networks and are off by default).
+Ours: the paper's lr was lost — we use Ranger's default 1e-3; the loss weights of its Table 1 were
+lost — defaults 1/1/0 (L2/LPIPS/ID) and reg_weight 1 with PTI's inner weights; biases, affine
+layers, noise strengths and the const input are not modulated (only conv weights, like
+HyperStyle); LPIPS uses `Frozen.lpips_net` (the paper: AlexNet). `tuned` in the result = φ.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ganinv_jax.inversion import base
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.num_steps = 300
+    c.lr = 1e-3
+    c.lookahead_k = 6
+    c.lookahead_alpha = 0.5
+    c.num_blocks = 2
+    c.hidden_mult = 1
+    c.init_scale = 0.1
+    c.sign = -1.0
+    c.out_scale = 1.0
+    c.recompute_g = False
+    c.l2_weight = 1.0
+    c.lpips_weight = 1.0
+    c.perceptual = "lpips"          # 'lpips' | 'pooled_l2' | 'none'
+    c.id_weight = 0.0
+    c.reg_weight = 1.0
+    c.reg_samples = 1
+    c.reg_l2_weight = 0.1
+    c.reg_lpips_weight = 0.1
+    c.stop_mse = -1.0
+    return c
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+def conv_paths(synthesis_params) -> list[tuple[str, ...]]:
+    """Paths of the conv weights [k, k, C, O] in the synthesis params (sorted)."""
+    flat = jax.tree_util.tree_flatten_with_path(synthesis_params)[0]
+    out = []
+    for path, leaf in flat:
+        names = tuple(getattr(p, "key", str(p)) for p in path)
+        if names[-1] == "weight" and leaf.ndim == 4:
+            out.append(names)
+    return sorted(out)
+
+
+def _get(tree, path):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _set(tree, path, value):
+    if len(path) == 1:
+        return {**tree, path[0]: value}
+    return {**tree, path[0]: _set(tree[path[0]], path[1:], value)}
+
+
+def module_key(width: int) -> str:
+    return f"c{width}"
+
+
+def sharing_plan(synthesis_params) -> dict[str, list[tuple[str, ...]]]:
+    """{module key: conv weight paths that share it} (one module per input width C)."""
+    plan: dict[str, list] = {}
+    for path in conv_paths(synthesis_params):
+        plan.setdefault(module_key(_get(synthesis_params, path).shape[2]), []).append(path)
+    return plan
+
+
+def init_module(key, width: int, cfg):
+    hidden = cfg.hidden_mult * width
+    blocks = []
+    for k in jax.random.split(key, cfg.num_blocks):
+        k1, k2, k3 = jax.random.split(k, 3)
+        blocks.append(dict(
+            w1=jax.random.normal(k1, (width, hidden)) * math.sqrt(2.0 / width) * cfg.init_scale,
+            b1=jax.random.uniform(k3, (hidden,), minval=-1, maxval=1) / math.sqrt(width),
+            s=jnp.asarray(math.sqrt(hidden), jnp.float32),
+            w2=jax.random.normal(k2, (hidden, width)) * math.sqrt(2.0 / hidden) * cfg.init_scale))
+    return blocks
+
+
+def scale_norm(v, s, eps=1e-8):
+    return s * v / jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=-1, keepdims=True), eps * eps))
+
+
+def apply_module(blocks, h):
+    """Residual ScaleNorm blocks on vectors h [..., C]."""
+    for blk in blocks:
+        a = scale_norm(h @ blk["w1"] + blk["b1"], blk["s"])
+        h = h + jax.nn.leaky_relu(a, 0.2) @ blk["w2"]
+    return h
+
+
+def modify(blocks, grad):
+    """M_C applied to a conv-weight gradient [k, k, C, O] viewed as k*k*O vectors of length C."""
+    k1, k2, c, o = grad.shape
+    vecs = jnp.transpose(grad, (0, 1, 3, 2)).reshape(-1, c)
+    out = apply_module(blocks, vecs).reshape(k1, k2, o, c)
+    return jnp.transpose(out, (0, 1, 3, 2))
+
+
+def tuned_params(phi, theta0, grads, cfg):
+    """θ' = θ0 + sign * out_scale * M_φ(g) on every conv weight (others stay θ0)."""
+    theta = theta0
+    for mkey, paths in sharing_plan(theta0).items():
+        for path in paths:
+            corr = modify(phi[mkey], grads["/".join(path)])
+            theta = _set(theta, path, _get(theta0, path) + cfg.sign * cfg.out_scale * corr)
+    return theta
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def _rec_loss(frozen, params, ws, image, cfg):
+    img = base.synthesize(frozen, ws[None], params)
+    l2 = jnp.mean(jnp.square(img - image[None]))
+    lp = base.perceptual(frozen, img, image[None], cfg.perceptual)[0]
+    return cfg.l2_weight * l2 + cfg.lpips_weight * lp, (img, l2, lp)
+
+
+def conv_grads(frozen, params, ws, image, cfg):
+    """g: {path: ∂L_rec/∂θ} for the conv weights at `params` (stop-gradient)."""
+    g = jax.grad(lambda p: _rec_loss(frozen, p, ws, image, cfg)[0])(params)
+    g = jax.lax.stop_gradient(g)
+    return {"/".join(p): _get(g, p) for p in conv_paths(params)}
+
+
+def _tx(cfg):
+    return optax.lookahead(optax.radam(cfg.lr), sync_period=cfg.lookahead_k,
+                           slow_step_size=cfg.lookahead_alpha)
+
+
+def init(key, image, frozen: base.Frozen, init_latent, cfg):
+    theta0 = frozen.g["params"]["synthesis"]
+    ws = base.check_latent(init_latent, frozen.g_cfg)
+    key, kphi = jax.random.split(key)
+    widths = sorted({_get(theta0, p).shape[2] for p in conv_paths(theta0)})
+    keys = jax.random.split(kphi, len(widths))
+    phi = {module_key(c): init_module(k, c, cfg) for k, c in zip(keys, widths)}
+    phi = optax.LookaheadParams.init_synced(phi)
+    return dict(t=jnp.asarray(0, jnp.int32), key=key, image=image, ws=ws, phi=phi,
+                opt=_tx(cfg).init(phi), g=conv_grads(frozen, theta0, ws, image, cfg))
+
+
+def step(state, frozen: base.Frozen, cfg):
+    key, kr = jax.random.split(state["key"])
+    theta0 = frozen.g["params"]["synthesis"]
+    image, ws = state["image"], state["ws"]
+
+    def loss_fn(fast):
+        theta = tuned_params(fast, theta0, state["g"], cfg)
+        rec, (img, l2, lp) = _rec_loss(frozen, theta, ws, image, cfg)
+        idl = jnp.zeros((), jnp.float32)
+        if cfg.id_weight > 0:
+            if frozen.id_loss is None:
+                raise ValueError("gmm: id_weight > 0 needs Frozen.id_loss (a feature loss)")
+            idl = frozen.id_loss(img, image[None])[0]
+        reg = jnp.zeros((), jnp.float32)
+        if cfg.reg_weight > 0:
+            ws_r = base.random_ws(frozen, kr, cfg.reg_samples)
+            tuned = base.synthesize(frozen, ws_r, theta)
+            orig = jax.lax.stop_gradient(base.synthesize(frozen, ws_r))
+            reg = jnp.mean(cfg.reg_l2_weight * jnp.mean(jnp.square(tuned - orig), axis=(1, 2, 3))
+                           + cfg.reg_lpips_weight * base.perceptual(frozen, tuned, orig,
+                                                                    cfg.perceptual))
+        loss = rec + cfg.id_weight * idl + cfg.reg_weight * reg
+        return loss, dict(loss=loss, mse=l2, perceptual=lp, id=idl, reg=reg)
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state["phi"].fast)
+    updates, opt = _tx(cfg).update(grads, state["opt"], state["phi"])
+    phi = optax.apply_updates(state["phi"], updates)
+    new = dict(state, t=state["t"] + 1, key=key, phi=phi, opt=opt)
+    if cfg.recompute_g:
+        theta = tuned_params(phi.fast, theta0, state["g"], cfg)
+        new["g"] = conv_grads(frozen, theta, ws, image, cfg)
+    return new, metrics
+
+
+def result(state, frozen: base.Frozen, cfg):
+    theta = tuned_params(state["phi"].fast, frozen.g["params"]["synthesis"], state["g"], cfg)
+    recon = base.synthesize(frozen, state["ws"][None], theta)[0]
+    return dict(latent=state["ws"], recon=recon, tuned=state["phi"].fast)
+
+
+def converged(metrics, cfg):
+    return metrics["mse"] < cfg.stop_mse
+
+
+METHOD = base.Method("gmm", init, step, result, default_config, converged, tunes_weights=True)
