@@ -105,3 +105,21 @@ def save_sharded_pytree(path: str, tree: Any) -> None:
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, tree, force=True)
         ckptr.wait_until_finished()
+
+
+def restore_sharded_pytree(path: str) -> Any:
+    """Read a tree written by `save_sharded_pytree` on ANY topology (e.g. a pod's chunk on a
+    laptop): every array comes back whole, on this process's first device."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no checkpoint directory")
+    device = jax.local_devices()[0]
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        abstract = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
+                                           sharding=jax.sharding.SingleDeviceSharding(device)),
+            tree)
+        return ckptr.restore(path, abstract)

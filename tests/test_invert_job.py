@@ -343,41 +343,9 @@ def test_tfds_fashion_mnist_offline():
 # ----------------------------------------------------------------------------- NaN isolation
 
 
-def _toy_nan_method():
-    """Test-only: latent_opt whose steps go non-finite on bright images from step 2 on."""
-    from ganinv_jax.inversion import base, latent_opt
-
-    def step(state, frozen, cfg):
-        new, m = latent_opt.step(state, frozen, cfg)
-        poison = (jnp.mean(state["image"]) > 0.5) & (state["t"] >= 2)
-        return new, dict(m, loss=jnp.where(poison, jnp.nan, m["loss"]))
-    return base.Method("toy_nan", latent_opt.init, step, latent_opt.result, _cheap_latent_opt_cfg,
-                       latent_opt.converged, tunes_weights=False)
-
-
-def _cheap_latent_opt_cfg():
-    from ganinv_jax.inversion import latent_opt
-    cfg = latent_opt.default_config()
-    cfg.perceptual = "pooled_l2"
-    return cfg
-
-
-def _toy_tuned_method():
-    """Test-only: latent_opt that also reports a per-image "tuned" tree (as PTI/GMM do), so the
-    collective orbax save is exercised without the cost of compiling a real G-tuning method."""
-    from ganinv_jax.inversion import base, latent_opt
-
-    def result(state, frozen, cfg):
-        out = latent_opt.result(state, frozen, cfg)
-        w = state["params"]["w"]
-        return dict(out, tuned={"delta": {"w_shift": w - frozen.w_avg, "t": state["t"]}})
-    return base.Method("toy_tuned", latent_opt.init, latent_opt.step, result,
-                       _cheap_latent_opt_cfg, latent_opt.converged, tunes_weights=False)
-
-
 def test_nan_fails_one_image_others_continue(tmp_path, gen_dir):
     methods._REGISTERED.pop("toy_nan", None)
-    methods.register(_toy_nan_method())
+    methods.register(support.toy_nan_method())
     x = np.random.default_rng(1).integers(0, 120, (6, 16, 16, 1), dtype=np.uint8)
     x[[1, 4]] = 255                       # the two "bright" images
     np.save(tmp_path / "x.npy", x)
@@ -399,7 +367,7 @@ def test_nan_fails_one_image_others_continue(tmp_path, gen_dir):
 
 def test_tuned_params_saved_with_orbax_and_loadable(tmp_path, gen_dir, images_npy):
     methods._REGISTERED.pop("toy_tuned", None)
-    methods.register(_toy_tuned_method())
+    methods.register(support.toy_tuned_method())
     wd = str(tmp_path)
     invert.run(support.job_config(gen_dir, data__path=images_npy, method="toy_tuned",
                                   batch_size=1), wd)

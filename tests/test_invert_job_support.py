@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -66,6 +67,50 @@ def write_array_images(path: str, n: int, resolution: int = 16, seed: int = 0) -
     return path
 
 
+# ----------------------------------------------------------------------------- toy methods
+# Test-only methods (never shipped): they exercise the job's machinery cheaply.
+
+
+def toy_nan_method():
+    """Test-only: latent_opt whose steps go non-finite on bright images from step 2 on."""
+    from ganinv_jax.inversion import base, latent_opt
+
+    def step(state, frozen, cfg):
+        new, m = latent_opt.step(state, frozen, cfg)
+        poison = (jnp.mean(state["image"]) > 0.5) & (state["t"] >= 2)
+        return new, dict(m, loss=jnp.where(poison, jnp.nan, m["loss"]))
+    return base.Method("toy_nan", latent_opt.init, step, latent_opt.result, cheap_latent_opt_cfg,
+                       latent_opt.converged, tunes_weights=False)
+
+
+def cheap_latent_opt_cfg():
+    from ganinv_jax.inversion import latent_opt
+    cfg = latent_opt.default_config()
+    cfg.perceptual = "pooled_l2"
+    return cfg
+
+
+def toy_tuned_method():
+    """Test-only: latent_opt that also reports a per-image "tuned" tree (as PTI/GMM do), so the
+    collective orbax save is exercised without the cost of compiling a real G-tuning method."""
+    from ganinv_jax.inversion import base, latent_opt
+
+    def result(state, frozen, cfg):
+        out = latent_opt.result(state, frozen, cfg)
+        w = state["params"]["w"]
+        return dict(out, tuned={"delta": {"w_shift": w - frozen.w_avg, "t": state["t"]}})
+    return base.Method("toy_tuned", latent_opt.init, latent_opt.step, result,
+                       cheap_latent_opt_cfg, latent_opt.converged, tunes_weights=False)
+
+
+def register_toys() -> None:
+    from ganinv_jax.jobs import methods
+    for make in (toy_nan_method, toy_tuned_method):
+        m = make()
+        methods._REGISTERED.pop(m.name, None)
+        methods.register(m)
+
+
 def _parse(value: str):
     try:
         return json.loads(value)
@@ -86,6 +131,7 @@ def main(argv) -> None:
                                    process_id=int(os.environ["TEST_PROCESS_ID"]))
     overrides = {k.replace(".", "__"): _parse(v) for k, v in (a.split("=", 1) for a in kv)}
     from ganinv_jax.jobs import invert
+    register_toys()
     invert.run(job_config(gen_dir, **overrides), workdir)
 
 

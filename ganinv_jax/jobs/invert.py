@@ -551,7 +551,6 @@ def execute(ctx: Context) -> dict:
         if ctx.pid == 0:
             report_chunk(writer, progress.done, full, grid)
             logging.info("%s", line)
-            print(line, flush=True)
     summary = {}
     if ctx.pid == 0:
         done_chunks = committed_chunks(ctx)
@@ -588,7 +587,7 @@ def load_tuned(workdir: str, image_id: int):
         if image_id in manifest_lib.expand(c["ids"]):
             if not c.get("tuned"):
                 raise KeyError(f"image {image_id}: this method saved no tuned parameters")
-            tree = checkpointing.restore_pytree(os.path.join(workdir, c["tuned"]))
+            tree = checkpointing.restore_sharded_pytree(os.path.join(workdir, c["tuned"]))
             j = int(np.flatnonzero(np.asarray(tree["ids"]) == image_id)[0])
             return jax.tree_util.tree_map(lambda x: np.asarray(x)[j], tree["tuned"])
     raise KeyError(f"image {image_id}: not in a finished chunk of {workdir}")
