@@ -400,3 +400,58 @@ def test_pti_saves_tuned_deltas(tmp_path, gen_dir, images_npy):
     leaves = jax.tree_util.tree_leaves(delta)
     assert leaves and all(np.isfinite(l).all() for l in leaves)
     assert max(float(np.abs(l).max()) for l in leaves) > 0     # G was actually tuned
+
+
+# ----------------------------------------------------------------------------- real kill -9
+
+
+def _check_workdir_consistent(wd: str) -> int:
+    """Every chunk the manifest lists has its files; no final-named file is half-written."""
+    path = os.path.join(wd, "manifest.json")
+    if not os.path.exists(path):
+        return 0
+    chunks = json.load(open(path))["chunks"]
+    for c in chunks:
+        rec = records.load_chunk(os.path.join(wd, c["file"]))    # loads: not torn
+        for i, s in zip(rec["ids"], rec["status"]):
+            if s in records.OK_STATUSES:
+                Image.open(os.path.join(wd, "recon", f"{int(i):08d}.png")).load()
+    for name in os.listdir(os.path.join(wd, "recon")) if os.path.isdir(
+            os.path.join(wd, "recon")) else []:
+        if ".tmp-" not in name:
+            Image.open(os.path.join(wd, "recon", name)).load()
+    return len(chunks)
+
+
+@pytest.mark.slow
+def test_kill9_at_random_moments_then_resume(tmp_path, gen_dir):
+    """SIGKILL the job (a real subprocess) at random moments, rerun until it finishes: the result
+    equals an uninterrupted run bit for bit, with every image exactly once."""
+    data = support.write_array_images(str(tmp_path / "x.npy"), 24, seed=7)
+    ref = str(tmp_path / "ref")
+    invert.run(support.job_config(gen_dir, data__path=data, batch_size=2), ref,
+               devices=jax.devices()[:2])
+    wd = str(tmp_path / "killed")
+    env = dict(os.environ, TEST_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, os.path.join(HERE, "test_invert_job_support.py"), wd, gen_dir,
+           f"data.path={data}", "batch_size=2"]
+    rng = np.random.default_rng(0)
+    kills = 0
+    for attempt in range(8):
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            p.wait(timeout=float(rng.uniform(4.0, 45.0)) if attempt < 4 else 900)
+        except subprocess.TimeoutExpired:
+            p.kill()                                   # SIGKILL
+            p.wait()
+            kills += 1
+            _check_workdir_consistent(wd)
+            continue
+        assert p.returncode == 0, p.stderr.read()[-3000:]
+        break
+    assert kills >= 1
+    assert strip_seconds(read_rows(wd)) == strip_seconds(read_rows(ref))
+    ids = [int(r["id"]) for r in read_rows(wd)]
+    assert ids == list(range(24))
+    np.testing.assert_array_equal(latents(wd)[1], latents(ref)[1])
+    assert _check_workdir_consistent(wd) == 6
