@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -55,6 +56,22 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with config-override errors as one line: a misspelt
+    `--config.KEY` makes ml_collections raise AttributeError/KeyError from inside parsing,
+    which absl would otherwise print as a three-part traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"FATAL Flags parsing error: {e}\n"
+                 "Pass --helpshort or --helpfull to see help on flags.")
+    except (AttributeError, KeyError) as e:
+        key, _, hint = " ".join(
+            str(e).replace("\\n", " ").replace("\\'", "").strip("'\"").split()).partition(" ")
+        bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a]
+        sys.exit(f"FATAL Flags parsing error: unknown config key {(bad or [key])[0]!r}. {hint}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -71,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -141,6 +141,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     validate(config)
     method = methods_lib.get(config.method)
     mcfg = methods_lib.method_config(config, method)
+    source = sources.open_source(config.data)       # cheap checks first: input, then G
     gan = load_generator(config.generator)
     g_cfg = gan.config
     if config.init == "encoder" and not (gan.config.d_w_head and "D" in gan.params):
@@ -154,7 +155,6 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
                              background=int(config.data.background),
                              max_pixels=int(config.data.max_pixels),
                              align=sources.resolve_align(config.data.align))
-    source = sources.open_source(config.data)
     if devices is not None and jax.process_count() > 1:
         raise JobError("explicit devices are for single-process runs only")
     local = list(devices) if devices is not None else jax.local_devices()

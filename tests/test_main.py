@@ -1,0 +1,89 @@
+"""`python -m ganinv_jax.main` with configs/stylegan2.py: the user's entry point.
+
+Subprocesses (the real command line); a tiny random generator DIR stands in for the default.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_invert_job_support as support  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "stylegan2.py")
+
+
+def load_config(variant: str = ""):
+    spec = importlib.util.spec_from_file_location("cfg_stylegan2_main", CONFIG)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(variant)
+
+
+def main(workdir, *flags, timeout=600):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "ganinv_jax.main", f"--config={CONFIG}",
+                           f"--workdir={workdir}", *flags], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=env)
+
+
+def last_line(stderr: str) -> str:
+    lines = [l for l in stderr.strip().splitlines()
+             if l and not l.startswith(("WARNING: All log", "I0000", "W0000"))]
+    return lines[-1] if lines else ""
+
+
+def test_config_contract():
+    c = load_config()
+    assert c.task == "invert"
+    for key in ("method", "steps", "batch_size", "seed", "generator", "data.path",
+                "data.tfds_name", "data.split", "data.limit"):
+        node = c
+        for part in key.split("."):
+            node = node[part]
+    assert c.generator == "default" and c.method == "latent_opt"
+    from ganinv_jax.inversion import latent_opt, pti
+    assert c.latent_opt.initial_lr == latent_opt.default_config().initial_lr
+    assert "num_steps" not in c.latent_opt      # config.steps is the one source of truth
+    assert c.pti.lr == pti.default_config().lr
+    assert load_config("tiny").steps < c.steps
+    assert c.sample.num > 0                      # task 'sample' keeps working
+    with pytest.raises(ValueError):
+        load_config("huge")
+
+
+def test_end_to_end_tiny(tmp_path):
+    gen = support.make_tiny_gan_dir(str(tmp_path / "gen"))
+    data = support.write_array_images(str(tmp_path / "x.npy"), 5)
+    wd = tmp_path / "w"
+    r = main(wd, f"--config.generator={gen}", f"--config.data.path={data}", "--config.steps=3",
+             "--config.steps_per_call=3", "--config.latent_opt.perceptual=pooled_l2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "invert: 5/5 images (100.0%)" in r.stderr and "images/s" in r.stderr
+    rows = (wd / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "id,path,method,mse,psnr,ssim,lpips,iterations,seconds,status"
+    assert len(rows) == 6
+    summary = json.loads((wd / "summary.json").read_text())
+    assert summary["complete"] and summary["config"]["steps"] == 3
+    assert len(np.load(wd / "latents.npz")["ids"]) == 5
+
+
+@pytest.mark.parametrize("flag,needle", [
+    ("--config.methd=pti", "unknown config key '--config.methd'"),
+    ("--config.generator=/no/such/gan", "invert: error: config.generator='/no/such/gan'"),
+    ("--config.method=nope", "invert: error: config.method='nope'"),
+    ("--config.data.path=/no/such/data.npz", "invert: error: data.path"),
+])
+def test_bad_settings_one_line(tmp_path, flag, needle):
+    r = main(tmp_path / "w", flag, timeout=300)
+    assert r.returncode != 0
+    assert needle in last_line(r.stderr), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "w" / "manifest.json").exists()
