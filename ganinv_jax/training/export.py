@@ -44,9 +44,11 @@ def export_trees(state) -> dict:
             "D": {"params": state.d}}
 
 
-def save_png(path: str, grid_u8: np.ndarray) -> None:
+def save_png(path: str, grid_u8: np.ndarray, scale: int = 3) -> None:
+    """Write a uint8 grid, nearest-upscaled `scale`x so 32px images are visible in a README."""
     from PIL import Image
-    Image.fromarray(grid_u8 if grid_u8.shape[-1] == 3 else grid_u8[..., 0]).save(path)
+    big = np.repeat(np.repeat(grid_u8, scale, axis=0), scale, axis=1)
+    Image.fromarray(big if big.shape[-1] == 3 else big[..., 0]).save(path)
 
 
 def sample_grid(nets, g_vars, n: int = 64, seed: int = 123) -> np.ndarray:

@@ -52,6 +52,8 @@ from absl import logging
 
 from ganinv_jax import checkpointing
 from ganinv_jax import data as data_lib
+from ganinv_jax.losses import gan as losses_gan
+from ganinv_jax.losses import mmd as losses_mmd
 from ganinv_jax.models import stylegan2
 from ganinv_jax.training import loop as loop_lib
 from ganinv_jax.training import sharding as shd
@@ -67,28 +69,10 @@ VARIANTS = {  # variant -> (real half in G's batch, feature matching, MMD)
 
 
 # ----------------------------------------------------------------------------- losses
-# TODO(losses): switch to ganinv_jax.losses (mmd_rbf, g/d logistic, r1) once its
-# __init__ exports them; these are the same definitions, kept private meanwhile.
-
-
-def _sq_dists(a, b):
-    aa = jnp.sum(a * a, 1)[:, None]
-    bb = jnp.sum(b * b, 1)[None, :]
-    return jnp.maximum(aa + bb - 2.0 * jnp.matmul(a, b.T, precision="highest"), 0.0)
-
-
-def mmd_rbf(a, b, sigmas):
-    """Unbiased MMD^2 with a sum-of-RBF kernel (i == j terms dropped)."""
-    k = lambda x, y: sum(jnp.exp(-_sq_dists(x, y) / (2.0 * s * s)) for s in sigmas)
-    n, m = a.shape[0], b.shape[0]
-    kaa, kbb = k(a, a), k(b, b)
-    return ((jnp.sum(kaa) - jnp.trace(kaa)) / (n * (n - 1))
-            + (jnp.sum(kbb) - jnp.trace(kbb)) / (m * (m - 1)) - 2.0 * jnp.mean(k(a, b)))
-
-
-def r1_penalty(d_logits_fn, reals):
-    g = jax.grad(lambda x: jnp.sum(d_logits_fn(x)))(reals)
-    return jnp.sum(jnp.reshape(g * g, (g.shape[0], -1)), axis=1)
+# The shared definitions (ganinv_jax.losses): unbiased multi-bandwidth RBF MMD^2, R1, and
+# StyleGAN2's lazy-regularization helpers.
+mmd_rbf = losses_mmd.mmd_rbf
+r1_penalty = losses_gan.r1_penalty
 
 
 # ----------------------------------------------------------------------------- backbones
@@ -185,9 +169,8 @@ def make_optimizers(config):
     b1, b2 = config.adam_betas
     tx_g = optax.adam(config.lr_g, b1=b1, b2=b2, eps=1e-8)
     # Lazy R1 (StyleGAN2 Sec. 4.1): D's Adam uses lr * c, betas ** c with c = k / (k + 1).
-    k = config.r1_interval
-    c = k / (k + 1) if k and k > 1 else 1.0
-    tx_d = optax.adam(config.lr_d * c, b1=b1 ** c, b2=b2 ** c, eps=1e-8)
+    lr_d, (b1_d, b2_d) = losses_gan.lazy_adam_hparams(config.lr_d, (b1, b2), config.r1_interval)
+    tx_d = optax.adam(lr_d, b1=b1_d, b2=b2_d, eps=1e-8)
     return tx_g, tx_d
 
 
@@ -232,7 +215,7 @@ def g_phase_loss(g_params, d_params, g_buffers, reals, z, config, nets: Nets):
     imgs = nets.synthesis(g_vars, jnp.concatenate(w_in))
     fakes, w_target = imgs[:B], jnp.concatenate(w_target)
     logits, _, w_rec = nets.discriminate(d_sg, fakes)
-    adv = jnp.mean(jax.nn.softplus(-logits))
+    adv = jnp.mean(losses_gan.g_nonsaturating_loss(logits))
     lat = _mse(w_rec, w_target)
     loss = adv + config.w_lat * lat
     aux = {"g_adv": adv, "g_lat": lat}
@@ -254,10 +237,9 @@ def g_phase_loss(g_params, d_params, g_buffers, reals, z, config, nets: Nets):
 def d_phase_loss(d_params, reals, fakes, w_target, do_r1, config, nets: Nets):
     logits_f, _, w_rec = nets.discriminate(d_params, fakes)
     logits_r = nets.logits(d_params, reals)
-    adv = jnp.mean(jax.nn.softplus(logits_f)) + jnp.mean(jax.nn.softplus(-logits_r))
+    adv = jnp.mean(losses_gan.d_logistic_loss(logits_r, logits_f))   # equal batch sizes
     lat = _mse(w_rec, w_target)
-    k = config.r1_interval
-    gain = float(k) if k and k > 1 else 1.0
+    gain = losses_gan.lazy_reg_gain(config.r1_interval)
     r1 = jax.lax.cond(do_r1, lambda x: jnp.mean(r1_penalty(lambda y: nets.logits(d_params, y), x)),
                       lambda x: jnp.zeros((), jnp.float32), reals)
     loss = adv + config.w_lat * lat + gain * 0.5 * config.r1_gamma * r1
@@ -278,8 +260,7 @@ def train_step(state: InvGANState, reals, config, nets: Nets):
     (_, (fakes, w_target, w_prior, aux_g)), (gg, gd_aux) = jax.value_and_grad(
         g_phase_loss, argnums=(0, 1), has_aux=True)(
             state.g["params"], state.d, state.g["buffers"], reals, z, config, nets)
-    k = config.r1_interval
-    do_r1 = (state.step % k == 0) if k and k > 1 else jnp.asarray(True)
+    do_r1 = losses_gan.lazy_reg_active(state.step, config.r1_interval)
     (_, aux_d), gd = jax.value_and_grad(d_phase_loss, has_aux=True)(
         state.d, reals, fakes, w_target, do_r1, config, nets)
     gd = jax.tree_util.tree_map(jnp.add, gd, gd_aux)
