@@ -134,11 +134,12 @@ def _freeze_cfg(cfg):
 
 @functools.lru_cache(maxsize=64)
 def _compiled(method: base.Method, cfg, strategy: str, chunk_size: int, k: int,
-              mesh: jax.sharding.Mesh):
+              mesh: jax.sharding.Mesh, compiler_options: Optional[tuple] = None):
     """jit(shard_map(batched per-image fns)) for init / run / result (cached per signature)."""
     data = NamedSharding(mesh, P(AXIS))
     repl = NamedSharding(mesh, P())
     sm = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
+    jit = functools.partial(jax.jit, compiler_options=dict(compiler_options or ()) or None)
     init_b = _batched(_per_image_init(method, cfg), strategy, chunk_size)
     run_b = _batched(_per_image_run(method, cfg, k), strategy, chunk_size)
     res_b = _batched(_per_image_result(method, cfg), strategy, chunk_size)
@@ -153,11 +154,11 @@ def _compiled(method: base.Method, cfg, strategy: str, chunk_size: int, k: int,
     def res_local(carry, frozen):
         return res_b(frozen, carry)
 
-    init = jax.jit(sm(init_local, in_specs=(P(AXIS),) * 4 + (P(),), out_specs=P(AXIS)),
+    init = jit(sm(init_local, in_specs=(P(AXIS),) * 4 + (P(),), out_specs=P(AXIS)),
                    in_shardings=(data,) * 4 + (repl,), out_shardings=data)
-    run = jax.jit(sm(run_local, in_specs=(P(AXIS), P(), P()), out_specs=P(AXIS)),
+    run = jit(sm(run_local, in_specs=(P(AXIS), P(), P()), out_specs=P(AXIS)),
                   in_shardings=(data, repl, repl), out_shardings=data, donate_argnums=0)
-    res = jax.jit(sm(res_local, in_specs=(P(AXIS), P()), out_specs=P(AXIS)),
+    res = jit(sm(res_local, in_specs=(P(AXIS), P()), out_specs=P(AXIS)),
                   in_shardings=(data, repl), out_shardings=data)
     return init, run, res
 
@@ -167,7 +168,8 @@ def invert_batch(method: base.Method, frozen: base.Frozen, images, image_ids,
                  init_latents=None, cfg: Optional[ml_collections.ConfigDict] = None, *,
                  seed: int = 0, strategy: str = "auto", steps: Optional[int] = None,
                  steps_per_call: int = 10, chunk_size: int = 4,
-                 devices: Optional[Sequence[Any]] = None, stop_early: bool = True) -> dict:
+                 devices: Optional[Sequence[Any]] = None, stop_early: bool = True,
+                 compiler_options: Optional[dict] = None) -> dict:
     """Inverts images [B,H,W,C] in [-1,1] (ids [B] int) with `method`; see the module docstring
     for the result keys.
 
@@ -178,6 +180,8 @@ def invert_batch(method: base.Method, frozen: base.Frozen, images, image_ids,
     chunk_size: images per vmap chunk for strategy='chunked'.
     devices: the devices of the 1-D mesh ('data',) (default: all).
     stop_early: stop calling once every image has converged or failed.
+    compiler_options: XLA options for the compiled calls (e.g. tests use
+      {'xla_backend_optimization_level': 0} to halve CPU compile time).
     """
     cfg = method.default_config() if cfg is None else cfg
     fcfg = _freeze_cfg(cfg)
@@ -209,7 +213,8 @@ def invert_batch(method: base.Method, frozen: base.Frozen, images, image_ids,
     active = np.arange(b_pad) < b
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
         jnp.asarray(image_ids[idx], jnp.uint32))
-    init, run, res = _compiled(method, fcfg, strategy, int(chunk_size), int(steps_per_call), mesh)
+    init, run, res = _compiled(method, fcfg, strategy, int(chunk_size), int(steps_per_call), mesh,
+                               tuple(sorted((compiler_options or {}).items())))
 
     data, repl = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
     frozen = jax.device_put(frozen, repl)

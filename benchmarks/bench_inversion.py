@@ -1,0 +1,173 @@
+"""Inversion engine throughput per method x batch x strategy (JSON on stdout).
+
+    python benchmarks/bench_inversion.py                       # everything (long on 2 CPU cores)
+    python benchmarks/bench_inversion.py --models g32 --methods pti,gmm --batches 1,8 \
+        --strategies map,vmap --out /tmp/bench.json
+
+For every (model, method, strategy, batch) a fresh subprocess (so peak RSS is its own) builds a
+random-weight StyleGAN2 G/D, compiles the engine's K-step call ahead of time (compile time), runs
+one warm-up call, then times `--calls` calls of K steps: throughput = B * K * calls / seconds
+(images x iterations / s). Memory: the process's peak RSS, XLA's own buffer sizes of the compiled
+call (arguments + temporaries, per image), and the marginal RSS per image across batch sizes.
+The per-image loop baseline is batch 1 under 'map' (one image at a time, same compiled step).
+
+Models: 'g32' = the default model's architecture (32x32x3, channels 64/64/32/32, w_dim 64;
+random weights: speed does not depend on training), 'g64' = 64x64x3 with 128 channels at every
+resolution, w_dim 128. Random weights, single device. The perceptual term is the 'pooled_l2'
+stand-in unless --lpips (LPIPS-VGG adds a fixed per-image cost that does not depend on the
+strategy: benchmarks/bench_lpips.py measures it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+MODELS = {
+    "g32": dict(resolution=32, channels=(64, 64, 32, 32), z_dim=64, w_dim=64, img_channels=3,
+                mapping_layers=2),
+    "g64": dict(resolution=64, channels=(128,) * 5, z_dim=128, w_dim=128, img_channels=3,
+                mapping_layers=2),
+}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(model: str, method: str, strategy: str, batch: int, k: int, calls: int,
+            lpips: bool, chunk: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ganinv_jax import inversion as inv
+    from ganinv_jax.inversion import base, engine
+    from ganinv_jax.models import stylegan2 as sg2
+
+    cfg = sg2.StyleGAN2Config(**MODELS[model])
+    gv = sg2.Generator(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.z_dim)))
+    dv = sg2.Discriminator(cfg).init(jax.random.key(1), jnp.zeros((1, cfg.resolution,
+                                                                   cfg.resolution, 3)))
+    fr = base.make_frozen(cfg, gv, d_vars=dv, lpips="vgg" if lpips else None,
+                          w_stats_samples=1000)
+    m = inv.METHODS[method]
+    c = m.default_config()
+    c.num_steps = 10 ** 6                         # schedules far from their end; no early stop
+    if "perceptual" in c:
+        c.perceptual = "lpips" if lpips else "pooled_l2"
+    if method == "clone":
+        c.eps = -1.0
+    imgs = jax.random.uniform(jax.random.key(2), (batch, cfg.resolution, cfg.resolution, 3),
+                              minval=-1, maxval=1)
+    rss0 = _rss_mb()
+    mesh = engine.make_mesh(jax.devices()[:1])
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    init, run, res = engine._compiled(m, engine._freeze_cfg(c), strategy, chunk, k, mesh, ())
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(batch))
+    lat = jnp.broadcast_to(base.mean_latent(fr), (batch, cfg.num_ws, cfg.w_dim))
+    fr = jax.device_put(fr, repl)
+    t0 = time.perf_counter()
+    carry = init(*jax.device_put((keys, imgs, lat, jnp.ones((batch,), bool)), data), fr)
+    jax.block_until_ready(carry)
+    t_init = time.perf_counter() - t0
+    n = jax.device_put(jnp.asarray(k, jnp.int32), repl)
+    t0 = time.perf_counter()
+    compiled = run.lower(carry, n, fr).compile()
+    t_compile = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    carry = jax.block_until_ready(compiled(carry, n, fr))          # warm-up
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        carry = compiled(carry, n, fr)
+    jax.block_until_ready(carry)
+    dt = time.perf_counter() - t0
+    iters = int(np.asarray(carry["iters"]).sum())
+    assert iters == batch * k * (calls + 1), iters
+    xla_mb = None
+    if mem is not None:
+        xla_mb = (mem.argument_size_in_bytes + mem.temp_size_in_bytes) / 2 ** 20
+    return dict(model=model, method=method, strategy=strategy, batch=batch, k=k, calls=calls,
+                img_iters_per_s=batch * k * calls / dt, s_per_call=dt / calls,
+                compile_s=t_compile, init_s=t_init, peak_rss_mb=_rss_mb(),
+                rss_before_compile_mb=rss0,
+                xla_mb_per_image=None if xla_mb is None else xla_mb / batch,
+                backend=jax.default_backend(), lpips=lpips)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="g32,g64")
+    ap.add_argument("--methods", default="latent_opt,pti,clone,gmm")
+    ap.add_argument("--strategies", default="map,vmap,chunked")
+    ap.add_argument("--batches", default="1,4,8,16")
+    ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--calls", type=int, default=2)
+    ap.add_argument("--chunk", type=int, default=4)
+    ap.add_argument("--lpips", action="store_true")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        model, method, strategy, batch = a.one.split(":")
+        print(json.dumps(run_one(model, method, strategy, int(batch), a.k, a.calls, a.lpips,
+                                 a.chunk)))
+        return
+    rows = []
+    for model in a.models.split(","):
+        for method in a.methods.split(","):
+            for batch in map(int, a.batches.split(",")):
+                for strategy in a.strategies.split(","):
+                    if batch == 1 and strategy != "map":
+                        continue   # batch 1: every strategy is the per-image loop
+                    cmd = [sys.executable, __file__, "--one", f"{model}:{method}:{strategy}:{batch}",
+                           "--k", str(a.k), "--calls", str(a.calls), "--chunk", str(a.chunk)]
+                    if a.lpips:
+                        cmd.append("--lpips")
+                    p = subprocess.run(cmd, capture_output=True, text=True)
+                    line = p.stdout.strip().splitlines()[-1:] if p.returncode == 0 else []
+                    row = json.loads(line[0]) if line else dict(
+                        model=model, method=method, strategy=strategy, batch=batch,
+                        error=p.stderr.strip().splitlines()[-1:])
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    if a.out:
+                        with open(a.out, "w") as f:
+                            json.dump(summarize(rows), f, indent=1)
+    print(json.dumps(summarize(rows), indent=1))
+
+
+def summarize(rows):
+    """Rows + per (model, method): the per-image loop (batch 1) and, per strategy, the batched
+    speed-up over it and the marginal RSS per image between the smallest and largest batch."""
+    out = dict(rows=rows, summary=[])
+    keys = sorted({(r["model"], r["method"]) for r in rows})
+    for model, method in keys:
+        rs = [r for r in rows if r["model"] == model and r["method"] == method and "error" not in r]
+        loop = [r for r in rs if r["batch"] == 1]
+        if not loop:
+            continue
+        base = loop[0]["img_iters_per_s"]
+        entry = dict(model=model, method=method, loop_img_iters_per_s=base, strategies={})
+        for strat in sorted({r["strategy"] for r in rs}):
+            sr = sorted([r for r in rs if r["strategy"] == strat and r["batch"] > 1],
+                        key=lambda r: r["batch"])
+            if not sr:
+                continue
+            big = sr[-1]
+            entry["strategies"][strat] = dict(
+                speedup_vs_loop={r["batch"]: round(r["img_iters_per_s"] / base, 3) for r in sr},
+                min_speedup=round(min(r["img_iters_per_s"] / base for r in sr), 3),
+                marginal_rss_mb_per_image=round(
+                    (big["peak_rss_mb"] - loop[0]["peak_rss_mb"]) / (big["batch"] - 1), 2))
+        out["summary"].append(entry)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Inversion quality table (issue 5 "Show"): MSE, PSNR, SSIM, LPIPS, iterations and time per method.
+
+    python benchmarks/quality_table.py --out /tmp/quality.json               # default model
+    python benchmarks/quality_table.py --tiny --n 8 --ood 4 --steps-scale 0.1   # smoke run
+
+Data: the first `--n` Fashion-MNIST TEST images (held out from the default model's training) at
+32x32x3, and `--ood` scikit-image photos (out of distribution), converted to gray, resized to 32x32
+(area averaging) and repeated to 3 channels like the training data.
+Generator: `pretrained.load('default')` (InvGAN StyleGAN2 on Fashion-MNIST) with its D; with
+--tiny, or when the default model is absent, a RANDOM tiny G/D (numbers then only exercise the
+pipeline and say nothing about the methods; the JSON says which G was used).
+Pipeline: InvGAN encoder w (D's w head; mean w without it) -> latent_opt (W+, MSE + LPIPS) ->
+PTI / Clone / GMM all tuned around that same latent, so their MSE is comparable to latent_opt's.
+Drift: for `--drift-images` images, the LPIPS between the frozen G and each image's tuned G on 16
+random latents (PTI and GMM with and without the locality/localization regularizer).
+Metrics from `ganinv_jax.losses` (SSIM/PSNR on [0, 1], LPIPS-VGG on 3 channels). Steps: see
+--steps-scale; Clone uses the paper's p=1/4, λ=10, ε=1e-3 with a step cap (its iterations column
+and converged fraction show how far it got).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ganinv_jax import inversion as inv
+from ganinv_jax.inversion import base, gmm, pti
+from ganinv_jax.losses import lpips as lpips_lib
+from ganinv_jax.losses import ssim as ssim_lib
+from ganinv_jax.models import stylegan2 as sg2
+
+OOD_PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon", "page",
+              "horse", "cat", "text", "brick")
+
+
+def load_generator(tiny: bool):
+    if not tiny:
+        try:
+            from ganinv_jax import pretrained
+            gan = pretrained.load("default", networks=["G_ema", "D"])
+            encode = gan.encode if gan.config.d_w_head else None
+            return gan.config, gan.params["G_ema"], gan.params["D"], encode, "default (trained)"
+        except Exception as e:  # noqa: BLE001 - report and fall back
+            print(f"default model unavailable ({type(e).__name__}: {e}); using a random tiny G",
+                  file=sys.stderr)
+    cfg = sg2.StyleGAN2Config(resolution=32, channels=(32, 32, 16, 16), z_dim=32, w_dim=32,
+                              mapping_layers=2, img_channels=3)
+    gv = sg2.Generator(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.z_dim)))
+    dv = sg2.Discriminator(cfg).init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
+    return cfg, gv, dv, None, "random tiny G (NOT trained: pipeline check only)"
+
+
+def fashion_mnist_test(n: int, res: int) -> np.ndarray:
+    from ganinv_jax.data import fashion_mnist
+    from ganinv_jax.data.pipeline import to_model_range
+    return to_model_range(fashion_mnist.load_fashion_mnist("test", resolution=res, channels=3)[:n])
+
+
+def ood_photos(n: int, res: int) -> np.ndarray:
+    import skimage.data
+    from skimage.color import rgb2gray
+    from skimage.transform import resize
+    out = []
+    for name in OOD_PHOTOS[:n]:
+        img = getattr(skimage.data, name)().astype(np.float32)
+        img = img / 255.0 if img.max() > 1.5 else img
+        if img.ndim == 3:
+            img = rgb2gray(img[..., :3])
+        side = min(img.shape)
+        top, left = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
+        img = resize(img[top:top + side, left:left + side], (res, res), anti_aliasing=True)
+        out.append(np.repeat(img[..., None] * 2.0 - 1.0, 3, axis=-1))
+    return np.stack(out).astype(np.float32)
+
+
+def quality(frozen, images, recon) -> dict:
+    x, y = jnp.asarray(images), jnp.clip(jnp.asarray(recon), -1, 1)
+    mse = np.asarray(jnp.mean((x - y) ** 2, axis=(1, 2, 3)))
+    return dict(mse=mse, psnr=np.asarray(ssim_lib.psnr(x, y)), ssim=np.asarray(ssim_lib.ssim(x, y)),
+                lpips=np.asarray(lpips_lib.lpips_apply(frozen.lpips, x, y, net="vgg")))
+
+
+def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99):
+    """Mean LPIPS(G0(w_r), G_tuned(w_r)) over 16 random w_r and the images in `rows`."""
+    ws = base.random_ws(frozen, jax.random.key(seed), n_latents)
+    orig = base.synthesize(frozen, ws)
+    vals = []
+    for i in rows:
+        if method_name == "pti":
+            p = jax.tree_util.tree_map(lambda d, b: b + d[i], out["tuned"],
+                                       frozen.g["params"]["synthesis"])
+        else:   # gmm: rebuild θ' from φ and g at θ0
+            phi = jax.tree_util.tree_map(lambda a: a[i], out["tuned"])
+            g = gmm.conv_grads(frozen, frozen.g["params"]["synthesis"], jnp.asarray(out["latent"][i]),
+                               jnp.asarray(out["_images"][i]), cfg)
+            p = gmm.tuned_params(phi, frozen.g["params"]["synthesis"], g, cfg)
+        tuned = base.synthesize(frozen, ws, p)
+        vals.append(float(jnp.mean(lpips_lib.lpips_apply(frozen.lpips, orig, tuned, net="vgg"))))
+    return float(np.mean(vals))
+
+
+def run_method(name, frozen, images, ids, init, cfg, steps, strategy):
+    t = time.perf_counter()
+    out = inv.invert_batch(inv.METHODS[name], frozen, images, ids, init, cfg, seed=0,
+                           steps=steps, steps_per_call=max(1, min(25, steps)), strategy=strategy)
+    out["_time_s"] = time.perf_counter() - t
+    out["_images"] = images
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--ood", type=int, default=8)
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--steps-scale", type=float, default=1.0)
+    ap.add_argument("--drift-images", type=int, default=4)
+    ap.add_argument("--methods", default="latent_opt,pti,clone,gmm")
+    ap.add_argument("--strategy", default="auto")
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+
+    g_cfg, gv, dv, encode, g_name = load_generator(a.tiny)
+    sets = {"fashion_mnist_test": fashion_mnist_test(a.n, g_cfg.resolution)}
+    if a.ood:
+        sets["ood_skimage"] = ood_photos(a.ood, g_cfg.resolution)
+    frozen = inv.make_frozen(g_cfg, gv, d_vars=dv, lpips="vgg")
+    s = lambda n: max(1, int(round(n * a.steps_scale)))
+    steps = dict(latent_opt=s(300), pti=s(200), clone=s(300), gmm=s(200))
+    cfgs = {m: inv.METHODS[m].default_config() for m in inv.METHODS}
+    cfgs["latent_opt"].num_steps = steps["latent_opt"]
+    cfgs["latent_opt"].initial_noise_factor = 0.0 if encode else 0.05
+    for m in ("pti", "clone", "gmm"):
+        cfgs[m].num_steps = steps[m]
+    report = dict(generator=g_name, g_config=g_cfg.to_dict(), steps=steps,
+                  backend=jax.default_backend(), strategy=a.strategy, sets={})
+    methods = a.methods.split(",")
+    for set_name, images in sets.items():
+        ids = np.arange(len(images))
+        t = time.perf_counter()
+        start = inv.init_latents.from_encoder(encode, images, frozen) if encode else None
+        enc_time = time.perf_counter() - t
+        rows, outs = {}, {}
+        if start is not None:
+            rec = base.synthesize(frozen, jnp.asarray(start))
+            rows["encoder"] = dict(quality(frozen, images, rec), iterations=np.zeros(len(ids)),
+                                   time_s=enc_time)
+        lo = run_method("latent_opt", frozen, images, ids, start, cfgs["latent_opt"],
+                        steps["latent_opt"], a.strategy)
+        rows["latent_opt"] = dict(quality(frozen, images, lo["recon"]),
+                                  iterations=lo["iterations"], time_s=lo["_time_s"])
+        pivot = lo["latent"]
+        for m in methods:
+            if m == "latent_opt":
+                continue
+            out = run_method(m, frozen, images, ids, pivot, cfgs[m], steps[m], a.strategy)
+            outs[m] = out
+            rows[m] = dict(quality(frozen, images, out["recon"]), iterations=out["iterations"],
+                           time_s=out["_time_s"], converged=out["converged"], failed=out["failed"])
+        table = {}
+        for m, r in rows.items():
+            table[m] = {k: (float(np.mean(v)) if k not in ("time_s",) else float(v))
+                        for k, v in r.items()}
+            table[m]["time_s_per_image"] = table[m]["time_s"] / len(ids)
+        for m in ("clone", "gmm", "pti"):
+            if m in table:
+                table[m]["mse_ratio_latent_opt_over_method"] = \
+                    table["latent_opt"]["mse"] / max(table[m]["mse"], 1e-12)
+        # drift: with the default regularizer vs without
+        drift_rows = {}
+        sub = list(range(min(a.drift_images, len(ids))))
+        for m in ("pti", "gmm"):
+            if m not in outs:
+                continue
+            drift_rows[m] = dict(with_reg=drift(frozen, m, outs[m], cfgs[m], sub))
+            c0 = cfgs[m].copy_and_resolve_references()
+            c0.reg_weight = 0.0
+            o0 = run_method(m, frozen, images[sub], ids[sub], pivot[sub], c0, steps[m], a.strategy)
+            drift_rows[m]["without_reg"] = drift(frozen, m, o0, c0, range(len(sub)))
+            drift_rows[m]["mse_with_reg"] = float(np.mean(rows[m]["mse"][sub]))
+            drift_rows[m]["mse_without_reg"] = float(np.mean(
+                (o0["recon"].clip(-1, 1) - images[sub]) ** 2))
+        report["sets"][set_name] = dict(n=len(ids), table=table, drift_16_latents=drift_rows)
+        print(json.dumps({set_name: report["sets"][set_name]}), file=sys.stderr, flush=True)
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(report, f, indent=1)
+    print(json.dumps(report, indent=1))
+    print(markdown(report))
+
+
+def markdown(report) -> str:
+    lines = [f"Generator: {report['generator']}; backend {report['backend']}; steps "
+             f"{report['steps']}"]
+    for set_name, s in report["sets"].items():
+        lines += ["", f"### {set_name} (n={s['n']})", "",
+                  "| method | MSE | PSNR | SSIM | LPIPS | iters | s/image | conv. | MSE(latent_opt)/MSE |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for m, r in s["table"].items():
+            lines.append(f"| {m} | {r['mse']:.5f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+                         f"{r['lpips']:.4f} | {r['iterations']:.0f} | {r['time_s_per_image']:.2f} | "
+                         f"{r.get('converged', float('nan')):.2f} | "
+                         f"{r.get('mse_ratio_latent_opt_over_method', float('nan')):.1f} |")
+        if s["drift_16_latents"]:
+            lines += ["", "| method | drift LPIPS with reg | without reg | MSE with | MSE without |",
+                      "|---|---|---|---|---|"]
+            for m, d in s["drift_16_latents"].items():
+                lines.append(f"| {m} | {d['with_reg']:.4f} | {d['without_reg']:.4f} | "
+                             f"{d['mse_with_reg']:.5f} | {d['mse_without_reg']:.5f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

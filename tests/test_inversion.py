@@ -1,0 +1,328 @@
+"""Inversion engine + methods on a tiny random StyleGAN2 (res 16, channels 16/16/8, w_dim 16).
+
+Compile count is the cost here (XLA:CPU compiles each (method, cfg, strategy, mesh, shape) once
+per init/run/result), so runs are module-scoped fixtures shared by the checks: a lone image and
+a batch of 8 padded to 8 devices hit the same compiled program.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ganinv_jax import inversion as inv
+from ganinv_jax.inversion import base, clone, engine, gmm, latent_opt, pti
+from ganinv_jax.models import stylegan2 as sg2
+
+IDS = np.array([3, 10, 11, 42, 7, 0, 100, 5])
+RTOL, ATOL = 2e-4, 2e-5
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = sg2.StyleGAN2Config(resolution=16, channels=(16, 16, 8), z_dim=16, w_dim=16,
+                              mapping_layers=2, img_channels=3)
+    gv = sg2.Generator(cfg).init(jax.random.key(0), jnp.zeros((1, 16)))
+    dv = sg2.Discriminator(cfg).init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
+    fr = base.make_frozen(cfg, gv, d_vars=dv, lpips=None, w_stats_samples=512)
+    ws = base.random_ws(fr, jax.random.key(7), 8)
+    imgs = base.synthesize(fr, ws) + 0.3 * jax.random.normal(jax.random.key(8), (8, 16, 16, 3))
+    # images 0 and 1 are exactly G(mean w): methods starting at mean w reproduce them at step 1.
+    exact = base.synthesize(fr, jnp.broadcast_to(base.mean_latent(fr), (2,) + ws.shape[1:]))
+    imgs = imgs.at[:2].set(exact)
+    return fr, np.asarray(imgs)
+
+
+def _run(method, fr, imgs, ids, cfg, steps, **kw):
+    kw.setdefault("strategy", "map")
+    kw.setdefault("steps_per_call", 2)
+    return inv.invert_batch(method, fr, imgs, ids, None, cfg, seed=0, steps=steps, **kw)
+
+
+def _assert_same(a, b, rows_a=slice(None), rows_b=slice(None), keys=("latent", "recon")):
+    for k in keys:
+        np.testing.assert_allclose(a[k][rows_a], b[k][rows_b], rtol=RTOL, atol=ATOL, err_msg=k)
+    np.testing.assert_array_equal(a["iterations"][rows_a], b["iterations"][rows_b])
+    np.testing.assert_array_equal(a["converged"][rows_a], b["converged"][rows_b])
+
+
+# ----------------------------------------------------------------------------- latent_opt matrix
+
+
+def _lo_cfg():
+    c = latent_opt.default_config()
+    c.num_steps = 4
+    c.perceptual = "pooled_l2"
+    c.optimize_noise = True        # exercises the noise path and per-image keys (noise init)
+    c.initial_lr = 0.05
+    return c
+
+
+@pytest.fixture(scope="module")
+def lo_runs(setup):
+    fr, imgs = setup
+    c = _lo_cfg()
+    perm = np.array([5, 2, 7, 0, 3, 6, 1, 4])
+    all8, one = jax.devices(), jax.devices()[:1]
+    return dict(
+        ref=_run(latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=all8),
+        alone=_run(latent_opt.METHOD, fr, imgs[3:4], IDS[3:4], c, 4, devices=all8),
+        perm=_run(latent_opt.METHOD, fr, imgs[perm], IDS[perm], c, 4, devices=all8),
+        perm_idx=perm,
+        one_dev=_run(latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=one),
+        vmap=_run(latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=all8, strategy="vmap"),
+        chunked=_run(latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=one, strategy="chunked",
+                     chunk_size=3),
+    )
+
+
+def test_latent_opt_moves_and_counts(lo_runs, setup):
+    ref = lo_runs["ref"]
+    assert ref["latent"].shape == (8, 6, 16) and ref["recon"].shape == (8, 16, 16, 3)
+    np.testing.assert_array_equal(ref["iterations"], 4)
+    assert not ref["failed"].any()
+    assert set(ref["noise"]) == set(sg2.noise_layer_names(setup[0].g_cfg))
+    # optimization changed the latents away from the (shared) mean-w start
+    assert np.abs(ref["latent"] - np.asarray(base.mean_latent(setup[0]))).max() > 1e-4
+    # renormalized noise: zero mean, unit variance per map
+    for v in ref["noise"].values():
+        np.testing.assert_allclose(v.reshape(8, -1).std(1), 1.0, rtol=1e-3)
+
+
+def test_alone_equals_in_batch(lo_runs):
+    _assert_same(lo_runs["alone"], lo_runs["ref"], slice(0, 1), slice(3, 4))
+
+
+def test_result_follows_image_id_not_position(lo_runs):
+    perm = lo_runs["perm_idx"]
+    _assert_same(lo_runs["perm"], lo_runs["ref"], slice(None), perm)
+
+
+def test_one_device_equals_eight(lo_runs):
+    _assert_same(lo_runs["one_dev"], lo_runs["ref"])
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "chunked"])
+def test_strategies_agree(lo_runs, strategy):
+    _assert_same(lo_runs[strategy], lo_runs["ref"])
+
+
+def test_different_ids_give_different_results(lo_runs, setup):
+    # same image under two ids -> different noise init -> different result (keys do matter)
+    fr, imgs = setup
+    out = _run(latent_opt.METHOD, fr, np.stack([imgs[3]] * 8), np.arange(8), _lo_cfg(), 4,
+               devices=jax.devices())
+    assert np.abs(out["recon"][0] - out["recon"][1]).max() > 1e-4
+
+
+# ----------------------------------------------------------------------------- PTI: weights per image
+
+
+def _pti_cfg(stop_mse=1e-9):
+    c = pti.default_config()
+    c.perceptual = "none"
+    c.reg_weight = 0.5
+    c.reg_lpips_weight = 0.0
+    c.lr = 3e-3
+    c.stop_mse = stop_mse
+    return c
+
+
+@pytest.fixture(scope="module")
+def pti_runs(setup):
+    fr, imgs = setup
+    c = _pti_cfg()
+    return dict(
+        ref=_run(pti.METHOD, fr, imgs, IDS, c, 4),
+        short=_run(pti.METHOD, fr, imgs, IDS, c, 1),
+        vmap=_run(pti.METHOD, fr, imgs, IDS, c, 4, strategy="vmap"),
+        alone=_run(pti.METHOD, fr, imgs[5:6], IDS[5:6], c, 4),
+    )
+
+
+def test_pti_masks_freeze_converged_images_exactly(pti_runs):
+    ref, short = pti_runs["ref"], pti_runs["short"]
+    # images 0, 1 are G(pivot) -> MSE 0 < stop_mse at step 1 -> converged after one step
+    np.testing.assert_array_equal(ref["converged"], [True, True] + [False] * 6)
+    np.testing.assert_array_equal(ref["iterations"], [1, 1] + [4] * 6)
+    # the converged images did not change at all after their first step (bitwise)
+    for a, b in zip(jax.tree_util.tree_leaves(ref["tuned"]), jax.tree_util.tree_leaves(short["tuned"])):
+        np.testing.assert_array_equal(a[:2], b[:2])
+        assert np.abs(a[2:] - b[2:]).max() > 0      # the others kept going
+    np.testing.assert_array_equal(ref["recon"][:2], short["recon"][:2])
+
+
+def test_pti_tunes_and_reduces_mse(pti_runs, setup):
+    ref, short = pti_runs["ref"], pti_runs["short"]
+    assert ref["tuned"] is not None
+    assert max(np.abs(x).max() for x in jax.tree_util.tree_leaves(ref["tuned"])) > 0
+    mse = lambda o: np.mean((o["recon"] - setup[1]) ** 2, axis=(1, 2, 3))
+    assert np.all(mse(ref)[2:] < mse(short)[2:])
+
+
+def test_pti_vmap_equals_map_and_alone(pti_runs):
+    _assert_same(pti_runs["vmap"], pti_runs["ref"])
+    _assert_same(pti_runs["alone"], pti_runs["ref"], slice(0, 1), slice(5, 6))
+
+
+def test_nan_marks_failed_and_keeps_last_finite_state(setup):
+    fr, imgs = setup
+    bad = imgs.copy()
+    bad[4] = np.nan
+    out = _run(pti.METHOD, fr, bad, IDS, _pti_cfg(), 4)
+    np.testing.assert_array_equal(out["failed"], [False] * 4 + [True] + [False] * 3)
+    assert out["iterations"][4] == 0 and not out["converged"][4]
+    for leaf in jax.tree_util.tree_leaves(out["tuned"]):
+        np.testing.assert_array_equal(leaf[4], 0.0)      # the base G, untouched
+    assert np.isfinite(out["recon"]).all()
+
+
+# ----------------------------------------------------------------------------- Clone
+
+
+def _clone_cfg():
+    c = clone.default_config()
+    c.r1_gamma = 1.0
+    c.r1_interval = 2
+    c.p = 0.5
+    return c
+
+
+@pytest.fixture(scope="module")
+def clone_runs(setup):
+    fr, imgs = setup
+    c = _clone_cfg()
+    return dict(ref=_run(clone.METHOD, fr, imgs, IDS, c, 4),
+                alone=_run(clone.METHOD, fr, imgs[6:7], IDS[6:7], c, 4), cfg=c)
+
+
+def test_clone_stops_at_eps_and_alone_equals_batch(clone_runs, setup):
+    ref = clone_runs["ref"]
+    # images 0, 1 = G(mean w): L_recon = 0 < eps = 1e-3 at step 1 (paper's stop rule)
+    np.testing.assert_array_equal(ref["converged"], [True, True] + [False] * 6)
+    np.testing.assert_array_equal(ref["iterations"], [1, 1] + [4] * 6)
+    assert np.all(ref["metrics"]["recon"][2:] >= clone_runs["cfg"].eps)
+    _assert_same(clone_runs["alone"], ref, slice(0, 1), slice(6, 7))
+    # both G (mapping + synthesis) were updated
+    delta = ref["tuned"]
+    assert np.abs(delta["mapping"]["fc0"]["weight"][2:]).max() > 0
+    assert np.abs(delta["synthesis"]["b16"]["conv1"]["weight"][2:]).max() > 0
+
+
+def test_clone_local_indicator_has_probability_p():
+    keys = jax.random.split(jax.random.key(0), 4000)
+    for p in (0.0, 0.25, 1.0):
+        frac = float(jnp.mean(jax.vmap(lambda k: clone.local_indicator(k, p))(keys)))
+        assert abs(frac - p) < 0.03, (p, frac)
+
+
+def test_clone_local_loss_is_recon_plus_lambda_adv(setup):
+    fr, imgs = setup
+    c = _clone_cfg()
+    ws = base.mean_latent(fr)
+    z = jax.random.normal(jax.random.key(3), (c.global_batch, 16))
+    g, d = fr.g["params"], fr.d["params"]
+
+    @jax.jit
+    def losses(local, lam):
+        cc = dict(c)
+        return clone.g_loss(g, d, fr, ws, jnp.asarray(imgs[3]), local, z, jax.random.key(4),
+                            _Cfg(cc, lam=lam))
+
+    on, aux = losses(True, 10.0)
+    off, _ = losses(False, 10.0)
+    on20, aux20 = losses(True, 20.0)
+    x_star = base.synthesize(fr, ws[None])
+    logit = base.discriminate(fr, jnp.concatenate([x_star, aux["fakes"]]))[0]
+    recon = clone.pyramid.laplacian_pyramid_l1(jnp.asarray(imgs[3:4]), x_star)[0]
+    adv = -jax.nn.softplus(logit)                      # log(1 - D(G(w)))
+    np.testing.assert_allclose(on - off, recon + 10.0 * adv, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(on20 - off, recon + 20.0 * adv, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(off, aux["g_global"], rtol=1e-6)
+
+
+class _Cfg(dict):
+    """Attribute-access view of a config with overrides (jit traces it as a constant)."""
+
+    def __init__(self, d, **over):
+        super().__init__(d, **over)
+
+    __getattr__ = dict.__getitem__
+
+
+def test_clone_fallback_reals_are_samples_of_frozen_g(setup):
+    fr = setup[0]
+    r = clone.sample_reals(fr, jax.random.key(0), 3)
+    assert r.shape == (3, 16, 16, 3) and np.isfinite(np.asarray(r)).all()
+    fr2 = fr.replace(reals=jnp.asarray(setup[1]))
+    r2 = clone.sample_reals(fr2, jax.random.key(0), 3)
+    assert any(np.allclose(r2[0], x) for x in setup[1])
+
+
+# ----------------------------------------------------------------------------- GMM
+
+
+def test_gmm_modules_shared_per_input_width(setup):
+    fr = setup[0]
+    theta0 = fr.g["params"]["synthesis"]
+    plan = gmm.sharing_plan(theta0)
+    convs = gmm.conv_paths(theta0)
+    # channels (16, 16, 8): widths 16 and 8 -> exactly two modules for 8 conv layers
+    assert sorted(plan) == ["c16", "c8"]
+    assert sorted(p for ps in plan.values() for p in ps) == convs and len(convs) == 8
+    for key, paths in plan.items():
+        assert all(gmm._get(theta0, p).shape[2] == int(key[1:]) for p in paths)
+    c = gmm.default_config()
+    c.perceptual = "none"
+    state = gmm.init(jax.random.key(0), jnp.asarray(setup[1][2]), fr, base.mean_latent(fr), c)
+    assert set(state["phi"].fast) == {"c16", "c8"}
+    assert len(state["phi"].fast["c16"]) == c.num_blocks
+    assert set(state["g"]) == {"/".join(p) for p in convs}
+
+
+def test_gmm_identity_start_and_sign(setup):
+    fr = setup[0]
+    theta0 = fr.g["params"]["synthesis"]
+    c = gmm.default_config()
+    c.init_scale = 0.0          # W1 = W2 = 0: every module is exactly the identity
+    c.perceptual = "none"
+    st = gmm.init(jax.random.key(0), jnp.asarray(setup[1][2]), fr, base.mean_latent(fr), c)
+    theta = gmm.tuned_params(st["phi"].fast, theta0, st["g"], c)
+    for path in gmm.conv_paths(theta0):
+        np.testing.assert_allclose(gmm._get(theta, path),
+                                   gmm._get(theta0, path) - st["g"]["/".join(path)], rtol=1e-6)
+    np.testing.assert_array_equal(theta["b4"]["const"], theta0["b4"]["const"])
+    c.sign = 1.0
+    theta_p = gmm.tuned_params(st["phi"].fast, theta0, st["g"], c)
+    p0 = gmm.conv_paths(theta0)[0]
+    np.testing.assert_allclose(gmm._get(theta_p, p0), gmm._get(theta0, p0) + st["g"]["/".join(p0)],
+                               rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def gmm_runs(setup):
+    fr, imgs = setup
+    c = gmm.default_config()
+    c.perceptual = "pooled_l2"
+    c.lr = 1e-2
+    return dict(ref=_run(gmm.METHOD, fr, imgs, IDS, c, 6),
+                alone=_run(gmm.METHOD, fr, imgs[2:3], IDS[2:3], c, 6))
+
+
+def test_gmm_runs_alone_equals_batch_and_only_phi_is_tuned(gmm_runs, setup):
+    ref = gmm_runs["ref"]
+    _assert_same(gmm_runs["alone"], ref, slice(0, 1), slice(2, 3))
+    assert set(ref["tuned"]) == {"c16", "c8"}
+    assert not ref["failed"].any()
+    first = ref["metrics"]["loss"]
+    assert np.isfinite(first).all()
+    # the frozen base latent is unchanged (GMM tunes weights through phi only)
+    np.testing.assert_allclose(ref["latent"], np.broadcast_to(
+        np.asarray(base.mean_latent(setup[0])), ref["latent"].shape))
+
+
+def test_auto_strategy_rule():
+    assert engine.auto_strategy(latent_opt.METHOD, "cpu") == "vmap"
+    for m in (pti.METHOD, clone.METHOD, gmm.METHOD):
+        assert engine.auto_strategy(m, "cpu") == "map"
+        assert engine.auto_strategy(m, "gpu") == "vmap"
+        assert engine.auto_strategy(m, "tpu") == "vmap"
