@@ -25,8 +25,9 @@ needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install datas
 
 
 def tiny_config(**overrides):
+    """The tiny config, identical across tests so the in-process jit cache compiles once."""
     c = get_config("tiny")
-    c.eval_at_end = False
+    c.update(eval_at_end=False, num_train_steps=4, checkpoint_every=100, num_devices=1)
     c.update(overrides)
     return c
 
@@ -80,7 +81,7 @@ def test_sharded_step_equals_single_device_step():
 
 @needs_fmnist
 def test_kill_and_resume_reproduces_uninterrupted_run(tmp_path):
-    c = tiny_config(num_train_steps=4, checkpoint_every=100)
+    c = tiny_config()
     full = invgan.train_and_evaluate(c, str(tmp_path / "a"))
     part = invgan.train_and_evaluate(c, str(tmp_path / "b"), stop_after=3)   # "killed"
     assert int(part.step) == 3
