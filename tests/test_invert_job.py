@@ -313,6 +313,22 @@ def test_preprocess_modes_and_arrays():
             sources.prepare_array(bad, pad)
 
 
+def test_alignment_hook(tmp_path):
+    Image.new("L", (16, 16), 255).save(tmp_path / "white.png")
+    img = np.zeros((16, 16), np.uint8)
+    img[4:12, 4:12] = 200                   # the "face" fills the centre
+    Image.fromarray(img).save(tmp_path / "face.png")
+    hook = sources.resolve_align("test_invert_job_support:align_center_or_none")
+    pre = sources.Preprocess(resolution=8, channels=1, align=hook)
+    src = sources.FolderSource(str(tmp_path))
+    (face, why_face), (white, why_white) = src.load_many(range(2), pre)
+    assert src.paths == ["face.png", "white.png"]
+    assert why_face == "" and np.allclose(face, 200 / 127.5 - 1, atol=1e-6)   # the crop only
+    assert white is None and "alignment hook" in why_white
+    with pytest.raises(sources.SourceError, match="cannot import"):
+        sources.resolve_align("no_such_module:fn")
+
+
 def test_array_layouts(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (3, 1, 8, 8), dtype=np.uint8)   # NCHW
     np.savez(tmp_path / "a.npz", images=x, labels=np.arange(3))
