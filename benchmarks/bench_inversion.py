@@ -111,8 +111,13 @@ def main():
     ap.add_argument("--chunk", type=int, default=4)
     ap.add_argument("--lpips", action="store_true")
     ap.add_argument("--out", default="")
+    ap.add_argument("--merge", default="", help="comma-separated JSON outputs to merge and print")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.merge:
+        rows = [r for f in a.merge.split(",") for r in json.load(open(f))["rows"]]
+        print(json.dumps(summarize(rows), indent=1))
+        return
     if a.one:
         model, method, strategy, batch = a.one.split(":")
         print(json.dumps(run_one(model, method, strategy, int(batch), a.k, a.calls, a.lpips,

@@ -123,6 +123,7 @@ def main():
     ap.add_argument("--drift-images", type=int, default=4)
     ap.add_argument("--methods", default="latent_opt,pti,clone,gmm")
     ap.add_argument("--strategy", default="auto")
+    ap.add_argument("--reals", type=int, default=512, help="FMNIST train images for Clone")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
@@ -130,7 +131,12 @@ def main():
     sets = {"fashion_mnist_test": fashion_mnist_test(a.n, g_cfg.resolution)}
     if a.ood:
         sets["ood_skimage"] = ood_photos(a.ood, g_cfg.resolution)
-    frozen = inv.make_frozen(g_cfg, gv, d_vars=dv, lpips="vgg")
+    # Clone's global loss takes real samples from G's training distribution: FMNIST TRAIN images.
+    from ganinv_jax.data import fashion_mnist
+    from ganinv_jax.data.pipeline import to_model_range
+    reals = to_model_range(fashion_mnist.load_fashion_mnist(
+        "train", resolution=g_cfg.resolution, channels=3)[:a.reals])
+    frozen = inv.make_frozen(g_cfg, gv, d_vars=dv, lpips="vgg", reals=reals)
     s = lambda n: max(1, int(round(n * a.steps_scale)))
     steps = dict(latent_opt=s(300), pti=s(200), clone=s(300), gmm=s(200))
     cfgs = {m: inv.METHODS[m].default_config() for m in inv.METHODS}

@@ -68,8 +68,7 @@ def lo_runs(setup):
         alone=_run(latent_opt.METHOD, fr, imgs[3:4], IDS[3:4], c, 4, devices=all8),
         perm=_run(latent_opt.METHOD, fr, imgs[perm], IDS[perm], c, 4, devices=all8),
         perm_idx=perm,
-        one_dev=_run(latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=one),
-        vmap=_run(latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=all8, strategy="vmap"),
+        vmap=_run(latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=one, strategy="vmap"),
         chunked=_run(latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=one, strategy="chunked",
                      chunk_size=3),
     )
@@ -97,12 +96,10 @@ def test_result_follows_image_id_not_position(lo_runs):
     _assert_same(lo_runs["perm"], lo_runs["ref"], slice(None), perm)
 
 
-def test_one_device_equals_eight(lo_runs):
-    _assert_same(lo_runs["one_dev"], lo_runs["ref"])
-
-
 @pytest.mark.parametrize("strategy", ["vmap", "chunked"])
-def test_strategies_agree(lo_runs, strategy):
+def test_one_device_and_strategies_agree_with_eight_devices_map(lo_runs, strategy):
+    # vmap / chunked (chunks of 3: a remainder chunk) on ONE device, batch 8 in one local shard,
+    # against lax.map on EIGHT devices (one image per device)
     _assert_same(lo_runs[strategy], lo_runs["ref"])
 
 
@@ -134,7 +131,8 @@ def pti_runs(setup):
     return dict(
         ref=_run(pti.METHOD, fr, imgs, IDS, c, 4),
         short=_run(pti.METHOD, fr, imgs, IDS, c, 1),
-        vmap=_run(pti.METHOD, fr, imgs, IDS, c, 4, strategy="vmap"),
+        # one device: the 8 per-image generators are vmapped together (grouped convs)
+        vmap=_run(pti.METHOD, fr, imgs, IDS, c, 4, strategy="vmap", devices=jax.devices()[:1]),
         alone=_run(pti.METHOD, fr, imgs[5:6], IDS[5:6], c, 4),
     )
 
@@ -160,7 +158,10 @@ def test_pti_tunes_and_reduces_mse(pti_runs, setup):
 
 
 def test_pti_vmap_equals_map_and_alone(pti_runs):
-    _assert_same(pti_runs["vmap"], pti_runs["ref"])
+    # Rows 0, 1 reproduce their image exactly: their data gradient is float noise, which Adam's
+    # first step normalizes to +-lr, so they are compared bitwise only where the program is the
+    # same (alone vs batch) and the non-degenerate rows 2.. across strategies.
+    _assert_same(pti_runs["vmap"], pti_runs["ref"], slice(2, None), slice(2, None))
     _assert_same(pti_runs["alone"], pti_runs["ref"], slice(0, 1), slice(5, 6))
 
 
@@ -188,13 +189,14 @@ def _clone_cfg():
 
 
 @pytest.fixture(scope="module")
-def clone_runs(setup):
+def clone_runs(setup):   # one engine compile of Clone (G + D + R1): ~1-3 min on 2 busy cores
     fr, imgs = setup
     c = _clone_cfg()
     return dict(ref=_run(clone.METHOD, fr, imgs, IDS, c, 4),
                 alone=_run(clone.METHOD, fr, imgs[6:7], IDS[6:7], c, 4), cfg=c)
 
 
+@pytest.mark.slow
 def test_clone_stops_at_eps_and_alone_equals_batch(clone_runs, setup):
     ref = clone_runs["ref"]
     # images 0, 1 = G(mean w): L_recon = 0 < eps = 1e-3 at step 1 (paper's stop rule)
@@ -308,6 +310,7 @@ def gmm_runs(setup):
                 alone=_run(gmm.METHOD, fr, imgs[2:3], IDS[2:3], c, 6))
 
 
+@pytest.mark.slow
 def test_gmm_runs_alone_equals_batch_and_only_phi_is_tuned(gmm_runs, setup):
     ref = gmm_runs["ref"]
     _assert_same(gmm_runs["alone"], ref, slice(0, 1), slice(2, 3))
