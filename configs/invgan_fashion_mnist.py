@@ -9,6 +9,11 @@ Ablations (paper Sec. 4.4), same budget:
 DCGAN backbone:  --config=configs/invgan_fashion_mnist.py:dcgan
 Seconds-long smoke run (tests):  --config=configs/invgan_fashion_mnist.py:tiny
 Variants combine with commas, e.g. `:tiny,naive`.
+Continue training the shipped default in a fresh workdir (fresh Adam moments):
+    ... --config.init_from=default --config.num_train_steps=20000
+Export a workdir as a `pretrained.load` DIR (samples, reconstructions, curves, eval.json):
+    python -m ganinv_jax.training.export --config=configs/invgan_fashion_mnist.py \
+        --workdir=/work/runs/invgan_fmnist --out=ganinv_jax/assets/default
 """
 import ml_collections
 
@@ -28,7 +33,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.dcgan = ml_collections.ConfigDict(dict(
         resolution=32, channels=(128, 64, 32), z_dim=64, w_dim=64, img_channels=3,
         mapping_layers=2))
-    c.noise_mode = "const"      # deterministic G(w): the inversion target is well defined
+    c.noise_mode = "const"
+    c.init_from = ""            # an exported DIR (or 'default') to continue from, if no ckpt      # deterministic G(w): the inversion target is well defined
 
     c.data = ml_collections.ConfigDict(dict(
         name="fashion_mnist", dir="/usr/share/datasets/fashion-mnist", folder="",

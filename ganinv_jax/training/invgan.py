@@ -432,6 +432,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     key = jax.random.key(config.seed)
     state, shardings, restored = state_lib.restore_or_init(
         mgr, init_fn, key, mesh, log=lambda m: logging.info("%s", m))
+    if restored is None and config.get("init_from"):
+        state = warm_start(state, config.init_from, shardings)
     start = int(jax.device_get(state.step))
     if pid == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -464,6 +466,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.flush()
     mgr.close()
     return state
+
+
+def warm_start(state: InvGANState, export_dir: str, shardings) -> InvGANState:
+    """Continue from an exported DIR (e.g. `ganinv_jax/assets/default`): G, G_ema, D and the
+    step come from it; Adam moments restart from zero (the DIR does not carry them)."""
+    from ganinv_jax import pretrained
+    path = pretrained.resolve(export_dir)
+    _, doc = pretrained.read_config(path)
+    trees = checkpointing.restore_pytree(os.path.join(path, pretrained.PARAMS_NAME))
+    like = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.asarray(n, o.dtype), new, old)
+    step = int(doc.get("source", {}).get("step", 0))
+    new = state.replace(step=jnp.asarray(step, jnp.int32), g=like(trees["G"], state.g),
+                        d=like(trees["D"]["params"], state.d),
+                        g_ema=like(trees["G_ema"]["params"], state.g_ema))
+    logging.info("warm start from %s at step %d (fresh optimizer state)", path, step)
+    return jax.device_put(new, shardings)
 
 
 def _sample_hook(config, nets, workdir, writer):
