@@ -44,7 +44,7 @@ from ganinv_jax.jobs import methods as methods_lib
 from ganinv_jax.jobs import records
 from ganinv_jax.jobs import sources
 
-INITS = ("mean_w", "encoder", "latent_opt")
+INITS = ("auto", "mean_w", "encoder", "latent_opt")
 
 
 class JobError(Exception):
@@ -113,6 +113,7 @@ class Context:
     nproc: int
     slots: int               # L: images per process per chunk
     manifest: manifest_lib.Manifest
+    init: str                # the resolved config.init
 
     @property
     def chunk_size(self) -> int:
@@ -122,11 +123,11 @@ class Context:
         return os.path.join(self.workdir, *parts)
 
 
-def run_settings(config, source, pre, mcfg, gan_cfg) -> dict:
+def run_settings(config, source, pre, mcfg, gan_cfg, init: str) -> dict:
     """What a resumed run must share with the original (batching settings may change)."""
     return {"method": config.method, "method_config": json.loads(mcfg.to_json_best_effort()),
-            "steps": int(config.steps), "seed": int(config.seed), "init": config.init,
-            "init_steps": int(config.init_steps) if config.init == "latent_opt" else None,
+            "steps": int(config.steps), "seed": int(config.seed), "init": init,
+            "init_steps": int(config.init_steps) if init == "latent_opt" else None,
             "generator": os.path.abspath(config.generator) if config.generator != "default"
             else "default", "generator_config": json.loads(json.dumps(gan_cfg, default=str)),
             "source": source.describe(), "listing": source.fingerprint(),
@@ -144,7 +145,9 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     source = sources.open_source(config.data)       # cheap checks first: input, then G
     gan = load_generator(config.generator)
     g_cfg = gan.config
-    if config.init == "encoder" and not (gan.config.d_w_head and "D" in gan.params):
+    has_encoder = bool(gan.config.d_w_head and "D" in gan.params)
+    init = config.init if config.init != "auto" else ("encoder" if has_encoder else "mean_w")
+    if init == "encoder" and not has_encoder:
         raise JobError(f"config.init='encoder': generator {config.generator!r} has no encoder "
                        "(InvGAN w-head); use config.init=mean_w or latent_opt")
     if config.method == "clone" and "D" not in gan.params:
@@ -163,7 +166,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     if len(global_devices) != len(local) * nproc:
         raise JobError(f"uneven hosts: {len(global_devices)} devices over {nproc} processes "
                        f"with {len(local)} here")
-    settings = run_settings(config, source, pre, mcfg, g_cfg.to_dict())
+    settings = run_settings(config, source, pre, mcfg, g_cfg.to_dict(), init)
     m = manifest_lib.Manifest.open(workdir, settings)   # ResumeMismatch -> one line
     from ganinv_jax.inversion import base
     from ganinv_jax import losses
@@ -177,7 +180,8 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     return Context(config=config, workdir=workdir, source=source, pre=pre, method=method,
                    mcfg=mcfg, frozen=frozen, gan=gan, lpips=lpips_params, devices=local,
                    global_devices=global_devices, pid=jax.process_index() if devices is None
-                   else 0, nproc=nproc, slots=int(config.batch_size) * len(local), manifest=m)
+                   else 0, nproc=nproc, slots=int(config.batch_size) * len(local), manifest=m,
+                   init=init)
 
 
 # ----------------------------------------------------------------------------- one chunk
@@ -212,9 +216,9 @@ def initial_latents(ctx: Context, images: np.ndarray, ids: np.ndarray):
     """config.init: the mean w (None: the engine's default), the InvGAN w-head, or latent
     optimization in W (`config.init_steps` steps, PTI's pivot recipe)."""
     from ganinv_jax.inversion import init_latents
-    if ctx.config.init == "mean_w":
+    if ctx.init == "mean_w":
         return None
-    if ctx.config.init == "encoder":
+    if ctx.init == "encoder":
         return init_latents.from_encoder(ctx.gan.encode, images, ctx.frozen)
     from ganinv_jax.inversion import latent_opt
     cfg = latent_opt.default_config()
