@@ -48,7 +48,7 @@ def test_config_contract():
         node = c
         for part in key.split("."):
             node = node[part]
-    assert c.generator == "default" and c.method == "latent_opt"
+    assert c.generator == "default" and c.method == "latent_opt" and c.init == "auto"
     from ganinv_jax.inversion import latent_opt, pti
     assert c.latent_opt.initial_lr == latent_opt.default_config().initial_lr
     assert "num_steps" not in c.latent_opt      # config.steps is the one source of truth
