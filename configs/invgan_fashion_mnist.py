@@ -67,7 +67,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         if o in ("full", "aug_naive", "naive"):
             c.variant = o
         elif o == "dcgan":
+            # Plain (not equalized-LR) layers: DCGAN's own Adam settings. With StyleGAN2's
+            # lr 0.0025 / betas (0, 0.99) the full model's w head diverged at ~1.3k steps.
             c.backbone = "dcgan"
+            c.lr_g = c.lr_d = 2e-4
+            c.adam_betas = (0.5, 0.99)
         elif o == "tiny":
             c.model.channels = (16, 8)
             c.model.resolution = 8
