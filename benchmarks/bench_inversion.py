@@ -7,7 +7,9 @@
 For every (model, method, strategy, batch) a fresh subprocess (so peak RSS is its own) builds a
 random-weight StyleGAN2 G/D, compiles the engine's K-step call ahead of time (compile time), runs
 one warm-up call, then times `--calls` calls of K steps: throughput = B * K * calls / seconds
-(images x iterations / s, from the median call; `best_` from the fastest). Memory: the process's peak RSS, XLA's own buffer sizes of the compiled
+(images x iterations / s, from the median call; `best_` from the fastest) and per CPU-second
+of this process (`img_iters_per_cpu_s`: the work per image-iteration, robust when other jobs
+share the cores; it does not credit multi-threading). Memory: the process's peak RSS, XLA's own buffer sizes of the compiled
 call (arguments + temporaries, per image), and the marginal RSS per image across batch sizes.
 The per-image loop baseline is batch 1 under 'map' (one image at a time, same compiled step).
 
@@ -83,10 +85,12 @@ def run_one(model: str, method: str, strategy: str, batch: int, k: int, calls: i
     mem = compiled.memory_analysis()
     carry = jax.block_until_ready(compiled(carry, n, fr))          # warm-up
     times = []
+    c0 = time.process_time()
     for _ in range(calls):     # per-call times: the median is robust to other jobs on the host
         t0 = time.perf_counter()
         carry = jax.block_until_ready(compiled(carry, n, fr))
         times.append(time.perf_counter() - t0)
+    cpu = time.process_time() - c0        # CPU-seconds of all our threads: the work done
     dt = float(np.median(times)) * calls
     iters = int(np.asarray(carry["iters"]).sum())
     assert iters == batch * k * (calls + 1), iters
@@ -96,6 +100,7 @@ def run_one(model: str, method: str, strategy: str, batch: int, k: int, calls: i
     return dict(model=model, method=method, strategy=strategy, batch=batch, k=k, calls=calls,
                 img_iters_per_s=batch * k * calls / dt, s_per_call=dt / calls,
                 best_img_iters_per_s=batch * k / min(times),
+                img_iters_per_cpu_s=batch * k * calls / cpu,
                 compile_s=t_compile, init_s=t_init, peak_rss_mb=_rss_mb(),
                 rss_before_compile_mb=rss0,
                 xla_mb_per_image=None if xla_mb is None else xla_mb / batch,
@@ -162,7 +167,9 @@ def summarize(rows):
         if not loop:
             continue
         base = loop[0]["img_iters_per_s"]
-        entry = dict(model=model, method=method, loop_img_iters_per_s=base, strategies={})
+        base_cpu = loop[0].get("img_iters_per_cpu_s")
+        entry = dict(model=model, method=method, loop_img_iters_per_s=base,
+                     loop_img_iters_per_cpu_s=base_cpu, strategies={})
         for strat in sorted({r["strategy"] for r in rs}):
             sr = sorted([r for r in rs if r["strategy"] == strat and r["batch"] > 1],
                         key=lambda r: r["batch"])
@@ -172,6 +179,9 @@ def summarize(rows):
             entry["strategies"][strat] = dict(
                 speedup_vs_loop={r["batch"]: round(r["img_iters_per_s"] / base, 3) for r in sr},
                 min_speedup=round(min(r["img_iters_per_s"] / base for r in sr), 3),
+                cpu_work_speedup_vs_loop={
+                    r["batch"]: round(r["img_iters_per_cpu_s"] / base_cpu, 3) for r in sr
+                    if base_cpu and r.get("img_iters_per_cpu_s")},
                 marginal_rss_mb_per_image=round(
                     (big["peak_rss_mb"] - loop[0]["peak_rss_mb"]) / (big["batch"] - 1), 2))
         out["summary"].append(entry)
