@@ -31,8 +31,7 @@ import numpy as np
 
 from ganinv_jax import inversion as inv
 from ganinv_jax.inversion import base, gmm, pti
-from ganinv_jax.losses import lpips as lpips_lib
-from ganinv_jax.losses import ssim as ssim_lib
+from ganinv_jax import losses
 from ganinv_jax.models import stylegan2 as sg2
 
 OOD_PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon", "page",
@@ -82,8 +81,8 @@ def ood_photos(n: int, res: int) -> np.ndarray:
 def quality(frozen, images, recon) -> dict:
     x, y = jnp.asarray(images), jnp.clip(jnp.asarray(recon), -1, 1)
     mse = np.asarray(jnp.mean((x - y) ** 2, axis=(1, 2, 3)))
-    return dict(mse=mse, psnr=np.asarray(ssim_lib.psnr(x, y)), ssim=np.asarray(ssim_lib.ssim(x, y)),
-                lpips=np.asarray(lpips_lib.lpips_apply(frozen.lpips, x, y, net="vgg")))
+    return dict(mse=mse, psnr=np.asarray(losses.psnr(x, y)), ssim=np.asarray(losses.ssim(x, y)),
+                lpips=np.asarray(losses.lpips_apply(frozen.lpips, x, y, net="vgg")))
 
 
 def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99):
@@ -101,7 +100,7 @@ def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99):
                                jnp.asarray(out["_images"][i]), cfg)
             p = gmm.tuned_params(phi, frozen.g["params"]["synthesis"], g, cfg)
         tuned = base.synthesize(frozen, ws, p)
-        vals.append(float(jnp.mean(lpips_lib.lpips_apply(frozen.lpips, orig, tuned, net="vgg"))))
+        vals.append(float(jnp.mean(losses.lpips_apply(frozen.lpips, orig, tuned, net="vgg"))))
     return float(np.mean(vals))
 
 

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ganinv_jax import losses
 from ganinv_jax.losses import common as loss_common
-from ganinv_jax.losses import lpips as lpips_lib
 from ganinv_jax.models import stylegan2 as sg2
 
 Array = jax.Array
@@ -87,8 +87,8 @@ def make_frozen(g_cfg: sg2.StyleGAN2Config, g_vars: PyTree, *, d_vars: Optional[
     (then VGG is assumed), or None (no LPIPS: methods must use perceptual='none' or 'pooled_l2')."""
     net = "vgg"
     if isinstance(lpips, str):
-        net = lpips_lib.canonical_net(lpips)
-        lpips = lpips_lib.load_lpips_params(net)
+        net = lpips
+        lpips = losses.load_lpips_params(net)
     w_avg, w_std = w_statistics(g_cfg, g_vars, w_stats_samples)
     return Frozen(g=g_vars, w_avg=w_avg, w_std=w_std, g_cfg=g_cfg, d=d_vars, lpips=lpips,
                   reals=None if reals is None else jnp.asarray(reals, jnp.float32),
@@ -168,7 +168,7 @@ def perceptual(frozen: Frozen, x: Array, y: Array, kind: str) -> Array:
         if x.shape[1] < 16:
             f = -(-16 // x.shape[1])
             x, y = (jnp.repeat(jnp.repeat(a, f, 1), f, 2) for a in (x, y))
-        return lpips_lib.LPIPS(frozen.lpips_net).apply({"params": frozen.lpips}, x, y)
+        return losses.LPIPS(frozen.lpips_net).apply({"params": frozen.lpips}, x, y)
     raise ValueError(f"unknown perceptual loss {kind!r}: expected 'lpips', 'pooled_l2' or 'none'")
 
 
