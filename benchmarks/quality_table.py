@@ -13,7 +13,8 @@ Pipeline: InvGAN encoder w (D's w head; mean w without it) -> latent_opt (W+, MS
 PTI / Clone / GMM all tuned around that same latent, so their MSE is comparable to latent_opt's.
 Drift: for `--drift-images` images, the LPIPS between the frozen G and each image's tuned G on 16
 random latents (PTI and GMM with and without the locality/localization regularizer).
-Metrics from `ganinv_jax.losses` (SSIM/PSNR on [0, 1], LPIPS-VGG on 3 channels). Steps: see
+Metrics from `ganinv_jax.losses` (MSE, SSIM, PSNR on [0, 1] images, LPIPS-VGG on 3 channels,
+reconstructions clipped to [-1, 1]). Steps: see
 --steps-scale; Clone uses the paper's p=1/4, λ=10, ε=1e-3 with a step cap (its iterations column
 and converged fraction show how far it got).
 """
@@ -80,7 +81,8 @@ def ood_photos(n: int, res: int) -> np.ndarray:
 
 def quality(frozen, images, recon) -> dict:
     x, y = jnp.asarray(images), jnp.clip(jnp.asarray(recon), -1, 1)
-    mse = np.asarray(jnp.mean((x - y) ** 2, axis=(1, 2, 3)))
+    # MSE on the [0, 1] images (so PSNR = -10 log10 MSE), as the invert job reports it
+    mse = np.asarray(jnp.mean((x - y) ** 2, axis=(1, 2, 3))) / 4.0
     return dict(mse=mse, psnr=np.asarray(losses.psnr(x, y)), ssim=np.asarray(losses.ssim(x, y)),
                 lpips=np.asarray(losses.lpips_apply(frozen.lpips, x, y, net="vgg")))
 
@@ -190,7 +192,7 @@ def main():
             drift_rows[m]["without_reg"] = drift(frozen, m, o0, c0, range(len(sub)))
             drift_rows[m]["mse_with_reg"] = float(np.mean(rows[m]["mse"][sub]))
             drift_rows[m]["mse_without_reg"] = float(np.mean(
-                (o0["recon"].clip(-1, 1) - images[sub]) ** 2))
+                (o0["recon"].clip(-1, 1) - images[sub]) ** 2) / 4.0)
         report["sets"][set_name] = dict(n=len(ids), table=table, drift_16_latents=drift_rows)
         print(json.dumps({set_name: report["sets"][set_name]}), file=sys.stderr, flush=True)
         if a.out:

@@ -82,10 +82,11 @@ def w_statistics(g_cfg: sg2.StyleGAN2Config, g_vars: PyTree, n: int = 10000,
 
 def make_frozen(g_cfg: sg2.StyleGAN2Config, g_vars: PyTree, *, d_vars: Optional[PyTree] = None,
                 lpips: Any = "vgg", reals: Optional[Array] = None, id_loss=None,
-                w_stats_samples: int = 10000) -> Frozen:
+                w_stats_samples: int = 10000, lpips_net: Optional[str] = None) -> Frozen:
     """Builds the frozen inputs. `lpips`: 'vgg' | 'alex' (load the real weights), a params pytree
-    (then VGG is assumed), or None (no LPIPS: methods must use perceptual='none' or 'pooled_l2')."""
-    net = "vgg"
+    (of net `lpips_net`, default 'vgg'), or None (no LPIPS: methods must then use
+    perceptual='none' or 'pooled_l2')."""
+    net = lpips_net or "vgg"
     if isinstance(lpips, str):
         net = lpips
         lpips = losses.load_lpips_params(net)
