@@ -87,22 +87,27 @@ def quality(frozen, images, recon) -> dict:
                 lpips=np.asarray(losses.lpips_apply(frozen.lpips, x, y, net="vgg")))
 
 
+@jax.jit
+def _drift_lpips(frozen, params, ws):
+    orig = base.synthesize(frozen, ws)
+    tuned = base.synthesize(frozen, ws, params)
+    return jnp.mean(losses.lpips_apply(frozen.lpips, orig, tuned, net=frozen.lpips_net))
+
+
 def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99):
     """Mean LPIPS(G0(w_r), G_tuned(w_r)) over 16 random w_r and the images in `rows`."""
     ws = base.random_ws(frozen, jax.random.key(seed), n_latents)
-    orig = base.synthesize(frozen, ws)
+    theta0 = frozen.g["params"]["synthesis"]
+    grads = jax.jit(lambda fr, w, x: gmm.conv_grads(fr, fr.g["params"]["synthesis"], w, x, cfg))
     vals = []
     for i in rows:
         if method_name == "pti":
-            p = jax.tree_util.tree_map(lambda d, b: b + d[i], out["tuned"],
-                                       frozen.g["params"]["synthesis"])
-        else:   # gmm: rebuild θ' from φ and g at θ0
+            p = jax.tree_util.tree_map(lambda d, b: b + d[i], out["tuned"], theta0)
+        else:   # gmm: rebuild θ' = θ0 - M_φ(g) from φ and g at θ0
             phi = jax.tree_util.tree_map(lambda a: a[i], out["tuned"])
-            g = gmm.conv_grads(frozen, frozen.g["params"]["synthesis"], jnp.asarray(out["latent"][i]),
-                               jnp.asarray(out["_images"][i]), cfg)
-            p = gmm.tuned_params(phi, frozen.g["params"]["synthesis"], g, cfg)
-        tuned = base.synthesize(frozen, ws, p)
-        vals.append(float(jnp.mean(losses.lpips_apply(frozen.lpips, orig, tuned, net="vgg"))))
+            g = grads(frozen, jnp.asarray(out["latent"][i]), jnp.asarray(out["_images"][i]))
+            p = gmm.tuned_params(phi, theta0, g, cfg)
+        vals.append(float(_drift_lpips(frozen, p, ws)))
     return float(np.mean(vals))
 
 
@@ -148,56 +153,61 @@ def main():
     report = dict(generator=g_name, g_config=g_cfg.to_dict(), steps=steps,
                   backend=jax.default_backend(), strategy=a.strategy, sets={})
     methods = a.methods.split(",")
-    for set_name, images in sets.items():
-        ids = np.arange(len(images))
-        t = time.perf_counter()
-        start = inv.init_latents.from_encoder(encode, images, frozen) if encode else None
-        enc_time = time.perf_counter() - t
-        rows, outs = {}, {}
-        if start is not None:
-            rec = base.synthesize(frozen, jnp.asarray(start))
-            rows["encoder"] = dict(quality(frozen, images, rec), iterations=np.zeros(len(ids)),
-                                   time_s=enc_time)
-        lo = run_method("latent_opt", frozen, images, ids, start, cfgs["latent_opt"],
-                        steps["latent_opt"], a.strategy)
-        rows["latent_opt"] = dict(quality(frozen, images, lo["recon"]),
-                                  iterations=lo["iterations"], time_s=lo["_time_s"])
-        pivot = lo["latent"]
-        for m in methods:
-            if m == "latent_opt":
-                continue
-            out = run_method(m, frozen, images, ids, pivot, cfgs[m], steps[m], a.strategy)
-            outs[m] = out
-            rows[m] = dict(quality(frozen, images, out["recon"]), iterations=out["iterations"],
-                           time_s=out["_time_s"], converged=out["converged"], failed=out["failed"])
+    # One batch holds every set (one compile per method); tables are split by set afterwards.
+    names = list(sets)
+    images = np.concatenate([sets[k] for k in names]).astype(np.float32)
+    bounds = np.cumsum([0] + [len(sets[k]) for k in names])
+    ids = np.arange(len(images))
+    t = time.perf_counter()
+    start = inv.init_latents.from_encoder(encode, images, frozen) if encode else None
+    enc_time = time.perf_counter() - t
+    rows, outs = {}, {}
+    if start is not None:
+        rec = base.synthesize(frozen, jnp.asarray(start))
+        rows["encoder"] = dict(quality(frozen, images, rec), iterations=np.zeros(len(ids)),
+                               time_s=enc_time)
+    lo = run_method("latent_opt", frozen, images, ids, start, cfgs["latent_opt"],
+                    steps["latent_opt"], a.strategy)
+    rows["latent_opt"] = dict(quality(frozen, images, lo["recon"]), iterations=lo["iterations"],
+                              time_s=lo["_time_s"])
+    pivot = lo["latent"]
+    for m in methods:
+        if m == "latent_opt":
+            continue
+        out = run_method(m, frozen, images, ids, pivot, cfgs[m], steps[m], a.strategy)
+        outs[m] = out
+        rows[m] = dict(quality(frozen, images, out["recon"]), iterations=out["iterations"],
+                       time_s=out["_time_s"], converged=out["converged"], failed=out["failed"])
+    for si, set_name in enumerate(names):
+        sl = slice(bounds[si], bounds[si + 1])
         table = {}
         for m, r in rows.items():
-            table[m] = {k: (float(np.mean(v)) if k not in ("time_s",) else float(v))
-                        for k, v in r.items()}
-            table[m]["time_s_per_image"] = table[m]["time_s"] / len(ids)
+            table[m] = {k: float(np.mean(v[sl])) for k, v in r.items() if k != "time_s"}
+            # wall time of the whole batch (all sets) divided by its size
+            table[m]["time_s_per_image"] = r["time_s"] / len(ids)
         for m in ("clone", "gmm", "pti"):
             if m in table:
                 table[m]["mse_ratio_latent_opt_over_method"] = \
                     table["latent_opt"]["mse"] / max(table[m]["mse"], 1e-12)
-        # drift: with the default regularizer vs without
-        drift_rows = {}
-        sub = list(range(min(a.drift_images, len(ids))))
-        for m in ("pti", "gmm"):
-            if m not in outs:
-                continue
-            drift_rows[m] = dict(with_reg=drift(frozen, m, outs[m], cfgs[m], sub))
-            c0 = cfgs[m].copy_and_resolve_references()
-            c0.reg_weight = 0.0
-            o0 = run_method(m, frozen, images[sub], ids[sub], pivot[sub], c0, steps[m], a.strategy)
-            drift_rows[m]["without_reg"] = drift(frozen, m, o0, c0, range(len(sub)))
-            drift_rows[m]["mse_with_reg"] = float(np.mean(rows[m]["mse"][sub]))
-            drift_rows[m]["mse_without_reg"] = float(np.mean(
-                (o0["recon"].clip(-1, 1) - images[sub]) ** 2) / 4.0)
-        report["sets"][set_name] = dict(n=len(ids), table=table, drift_16_latents=drift_rows)
-        print(json.dumps({set_name: report["sets"][set_name]}), file=sys.stderr, flush=True)
-        if a.out:
-            with open(a.out, "w") as f:
-                json.dump(report, f, indent=1)
+        report["sets"][set_name] = dict(n=sl.stop - sl.start, table=table)
+    # drift on 16 random latents: the default regularizer vs none, first --drift-images images
+    drift_rows = {}
+    sub = np.arange(min(a.drift_images, len(ids)))
+    for m in ("pti", "gmm"):
+        if m not in outs:
+            continue
+        drift_rows[m] = dict(with_reg=drift(frozen, m, outs[m], cfgs[m], sub))
+        c0 = cfgs[m].copy_and_resolve_references()
+        c0.reg_weight = 0.0
+        o0 = run_method(m, frozen, images[sub], ids[sub], pivot[sub], c0, steps[m], a.strategy)
+        drift_rows[m]["without_reg"] = drift(frozen, m, o0, c0, range(len(sub)))
+        drift_rows[m]["mse_with_reg"] = float(np.mean(rows[m]["mse"][sub]))
+        drift_rows[m]["mse_without_reg"] = float(np.mean(
+            (o0["recon"].clip(-1, 1) - images[sub]) ** 2) / 4.0)
+    report["drift_16_latents"] = dict(images=int(len(sub)), rows=drift_rows)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(report, f, indent=1)
     print(json.dumps(report, indent=1))
     print(markdown(report))
 
@@ -214,12 +224,15 @@ def markdown(report) -> str:
                          f"{r['lpips']:.4f} | {r['iterations']:.0f} | {r['time_s_per_image']:.2f} | "
                          f"{r.get('converged', float('nan')):.2f} | "
                          f"{r.get('mse_ratio_latent_opt_over_method', float('nan')):.1f} |")
-        if s["drift_16_latents"]:
-            lines += ["", "| method | drift LPIPS with reg | without reg | MSE with | MSE without |",
-                      "|---|---|---|---|---|"]
-            for m, d in s["drift_16_latents"].items():
-                lines.append(f"| {m} | {d['with_reg']:.4f} | {d['without_reg']:.4f} | "
-                             f"{d['mse_with_reg']:.5f} | {d['mse_without_reg']:.5f} |")
+    d16 = report.get("drift_16_latents", {})
+    if d16.get("rows"):
+        lines += ["", f"Drift: mean LPIPS(G0(w_r), G_tuned(w_r)) over 16 random w_r, first "
+                  f"{d16['images']} images", "",
+                  "| method | drift with reg | drift without reg | MSE with | MSE without |",
+                  "|---|---|---|---|---|"]
+        for m, d in d16["rows"].items():
+            lines.append(f"| {m} | {d['with_reg']:.4f} | {d['without_reg']:.4f} | "
+                         f"{d['mse_with_reg']:.5f} | {d['mse_without_reg']:.5f} |")
     return "\n".join(lines)
 
 
