@@ -71,6 +71,8 @@ def get_config(variant: str = ""):
     config.output = ml_collections.ConfigDict()
     config.output.save_png = True  # recon/<id>.png per image
     config.output.grid_pairs = 16  # target|recon pairs per chunk grid (grids/, TensorBoard)
+    config.output.merge_latents = True   # latents.npz of all images at the end (per-chunk
+                                         # chunks/*.npz hold them anyway; off for huge runs)
 
     for name in METHODS:
         config[name] = method_defaults(name)

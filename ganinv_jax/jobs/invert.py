@@ -22,6 +22,7 @@ the image, its id and the settings only. A resumed run re-forms the unfinished c
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -229,7 +230,12 @@ def initial_latents(ctx: Context, images: np.ndarray, ids: np.ndarray):
         steps_per_call=int(ctx.config.steps_per_call), devices=ctx.devices)
 
 
-def invert_local(ctx: Context, ids: Sequence[int]) -> dict:
+def load_slots(ctx: Context, chunk: Sequence[int]) -> list:
+    """Decode this process's items of a chunk: [(image or None, reason)]."""
+    return ctx.source.load_many(my_slots(ctx, chunk), ctx.pre)
+
+
+def invert_local(ctx: Context, ids: Sequence[int], loaded: Optional[list] = None) -> dict:
     """Decode and invert this process's ids; returns per-slot numpy records (L slots).
 
     Slots without a usable image (bad input, or past the end of a short last chunk) are filled
@@ -239,7 +245,8 @@ def invert_local(ctx: Context, ids: Sequence[int]) -> dict:
     from ganinv_jax.inversion import engine
     t0 = time.perf_counter()
     L, res, ch = ctx.slots, ctx.pre.resolution, ctx.pre.channels
-    loaded = ctx.source.load_many(ids, ctx.pre)
+    if loaded is None:
+        loaded = ctx.source.load_many(ids, ctx.pre)
     good = [j for j, (img, _) in enumerate(loaded) if img is not None]
     images = np.zeros((L, res, res, ch), np.float32)
     fill = loaded[good[0]][0] if good else images[0]
@@ -353,11 +360,12 @@ def comparison_grid(local: dict, max_pairs: int) -> Optional[np.ndarray]:
     return imageio.make_grid(pairs, ncols=min(8, 2 * len(keep)))
 
 
-def process_chunk(ctx: Context, chunk: Sequence[int]) -> tuple[dict, Optional[np.ndarray]]:
+def process_chunk(ctx: Context, chunk: Sequence[int], loaded: Optional[list] = None
+                  ) -> tuple[dict, Optional[np.ndarray]]:
     """Invert one chunk, write its outputs, and (process 0) commit it to the manifest."""
     name = manifest_lib.chunk_name(chunk)
     t0 = time.perf_counter()
-    local = invert_local(ctx, my_slots(ctx, chunk))
+    local = invert_local(ctx, my_slots(ctx, chunk), loaded)
     full = gather(ctx, local["records"])
     chunk_file = os.path.join("chunks", f"{name}.npz")
     grid = comparison_grid(local, int(ctx.config.output.grid_pairs)) if ctx.pid == 0 else None
@@ -460,8 +468,10 @@ def _pkg_version(name: str) -> Optional[str]:
         return None
 
 
-def committed_chunks(ctx: Context) -> list[dict]:
-    return [records.load_chunk(ctx.out(c["file"])) for c in ctx.manifest.chunks]
+def committed_chunks(ctx: Context, keys=records.RECORD_KEYS) -> list[dict]:
+    """The committed chunk records (by default without latents: a resumed million-image run
+    must not read every latent to rebuild its CSVs)."""
+    return [records.load_chunk(ctx.out(c["file"]), keys) for c in ctx.manifest.chunks]
 
 
 def rebuild_views(ctx: Context, chunks: list[dict]) -> None:
@@ -533,11 +543,13 @@ def plan(ctx: Context) -> list[list[int]]:
 
 def execute(ctx: Context) -> dict:
     t_start = time.perf_counter()
+    views = []
     if ctx.pid == 0:
         for d in ("recon", "grids", "chunks", "tuned"):
             os.makedirs(ctx.out(d), exist_ok=True)
         cleanup_partial(ctx.workdir)
-        rebuild_views(ctx, committed_chunks(ctx))
+        views = committed_chunks(ctx)
+        rebuild_views(ctx, views)
     barrier(ctx, "ganinv-invert-setup")
     chunks = plan(ctx)
     total = len(ctx.source)
@@ -546,20 +558,27 @@ def execute(ctx: Context) -> dict:
                  "devices, %d processes)", total, progress.done, len(chunks), ctx.chunk_size,
                  ctx.method.name, len(ctx.global_devices), ctx.nproc)
     writer = make_writer(ctx)
-    failed = sum(int((c["status"] == records.FAILED).sum() + (c["status"] == records.BAD_INPUT)
-                     .sum()) for c in committed_chunks(ctx)) if ctx.pid == 0 else 0
-    for chunk in chunks:
-        full, grid = process_chunk(ctx, chunk)
-        failed += int(np.isin(full["status"], (records.FAILED, records.BAD_INPUT)).sum())
-        line = progress.update(len(chunk), failed)
-        if ctx.pid == 0:
-            report_chunk(writer, progress.done, full, grid)
-            logging.info("%s", line)
+    failed = sum(int(np.isin(c["status"], (records.FAILED, records.BAD_INPUT)).sum())
+                 for c in views) if ctx.pid == 0 else 0
+    # Decoding of chunk k+1 (files, arrays, TFDS) overlaps the inversion of chunk k.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode") as prefetch:
+        pending = prefetch.submit(load_slots, ctx, chunks[0]) if chunks else None
+        for k, chunk in enumerate(chunks):
+            loaded = pending.result()
+            if k + 1 < len(chunks):
+                pending = prefetch.submit(load_slots, ctx, chunks[k + 1])
+            full, grid = process_chunk(ctx, chunk, loaded)
+            failed += int(np.isin(full["status"], (records.FAILED, records.BAD_INPUT)).sum())
+            line = progress.update(len(chunk), failed)
+            if ctx.pid == 0:
+                report_chunk(writer, progress.done, full, grid)
+                logging.info("%s", line)
     summary = {}
     if ctx.pid == 0:
         done_chunks = committed_chunks(ctx)
         rebuild_views(ctx, done_chunks)   # the final files are sorted and exactly the manifest
-        write_latents(ctx, done_chunks)
+        if ctx.config.output.merge_latents:
+            write_latents(ctx, committed_chunks(ctx, keys=("ids", "latent", "status")))
         summary = write_summary(ctx, done_chunks, time.perf_counter() - t_start,
                                 progress.done - progress.start_done)
         logging.info("invert: done -> %s (%s)", ctx.workdir,

@@ -54,9 +54,14 @@ def save_npz_atomic(path: str, **arrays) -> None:
             os.remove(tmp)
 
 
-def load_chunk(path: str) -> dict:
+# What the CSVs and the summary need: everything but the (large) latents and extras.
+RECORD_KEYS = ("ids", "status", "reasons", "iterations", "seconds") + METRIC_KEYS
+
+
+def load_chunk(path: str, keys=None) -> dict:
+    """A chunk file's arrays (only `keys`, if given: npz members are read lazily)."""
     with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        return {k: z[k] for k in z.files if keys is None or k in keys}
 
 
 def _fmt(x: float) -> str:
