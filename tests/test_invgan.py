@@ -127,7 +127,7 @@ def test_train_eval_export_and_pretrained_load(tmp_path):
     from ganinv_jax import pretrained
     from ganinv_jax.training import export
     c = get_config("tiny")
-    c.num_train_steps = 2
+    c.update(num_train_steps=2, num_devices=1)   # the trainer tests' compiled step is reused
     wd = str(tmp_path / "wd")
     st = invgan.train_and_evaluate(c, wd)
     ev = json.load(open(os.path.join(wd, "eval.json")))

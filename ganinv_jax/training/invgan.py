@@ -293,8 +293,14 @@ def train_step(state: InvGANState, reals, config, nets: Nets):
 _JIT_CACHE: dict = {}
 
 
+# Config fields the step function never reads (the loop's and evaluation's business).
+_NOT_IN_STEP = ("num_train_steps", "log_every", "checkpoint_every", "sample_every", "max_to_keep",
+                "eval_at_end", "num_eval", "num_devices", "init_from", "task")
+
+
 def _config_key(config) -> str:
-    return config.to_json_best_effort(sort_keys=True)
+    d = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_STEP}
+    return json.dumps(d, sort_keys=True, default=str)
 
 
 def jit_train_step(config, nets: Nets, state_shardings, mesh):
