@@ -338,14 +338,14 @@ def save_tuned(ctx: Context, name: str, tuned, slot_ids: np.ndarray) -> Optional
     return rel
 
 
-def write_local_outputs(ctx: Context, local: dict) -> None:
+def write_local_outputs(ctx: Context, local: dict, at=lambda p: p) -> None:
     """Reconstruction PNGs of this process's good images (each file atomic)."""
     if not ctx.config.output.save_png:
         return
     rec = local["records"]
     for j, i in enumerate(rec["ids"]):
         if i >= 0 and rec["status"][j] in records.OK_STATUSES:
-            imageio.save_png(ctx.out("recon", f"{int(i):08d}.png"), local["recon"][j])
+            imageio.save_png(at(ctx.out("recon", f"{int(i):08d}.png")), local["recon"][j])
 
 
 def comparison_grid(local: dict, max_pairs: int) -> Optional[np.ndarray]:
@@ -369,27 +369,34 @@ def process_chunk(ctx: Context, chunk: Sequence[int], loaded: Optional[list] = N
     full = gather(ctx, local["records"])
     chunk_file = os.path.join("chunks", f"{name}.npz")
     grid = comparison_grid(local, int(ctx.config.output.grid_pairs)) if ctx.pid == 0 else None
+    writing = {"path": ""}      # for the error message: the file being written
+
+    def at(path: str) -> str:
+        writing["path"] = path
+        return path
     try:
-        write_local_outputs(ctx, local)
+        write_local_outputs(ctx, local, at)
         if ctx.pid == 0:
             if grid is not None:
-                imageio.save_png(ctx.out("grids", f"{name}.png"), grid)
-            records.save_npz_atomic(ctx.out(chunk_file), **full)
+                imageio.save_png(at(ctx.out("grids", f"{name}.png")), grid)
+            records.save_npz_atomic(at(ctx.out(chunk_file)), **full)
+        at(ctx.out("tuned", name))
         tuned_rel = save_tuned(ctx, name, local["tuned"], local["records"]["ids"])
         barrier(ctx, f"ganinv-invert-{name}")
         if ctx.pid == 0:
+            at(ctx.manifest.path)
             ctx.manifest.commit_chunk({"name": name, "ids": manifest_lib.ranges(chunk),
                                        "file": chunk_file, "tuned": tuned_rel,
                                        "seconds": round(time.perf_counter() - t0, 3)})
-            records.append_csv(ctx.out("metrics.csv"),
+            records.append_csv(at(ctx.out("metrics.csv")),
                                records.metric_rows(full, ctx.source.paths, ctx.method.name))
-            records.append_csv(ctx.out("failures.csv"),
+            records.append_csv(at(ctx.out("failures.csv")),
                                records.failure_rows(full, ctx.source.paths))
     except OSError as e:
-        raise JobError(f"cannot write the outputs of {name} ({e.strerror or e}: "
-                       f"{e.filename or ''}); manifest.json still lists the "
-                       f"{len(ctx.manifest.chunks)} finished chunks: free space / fix the "
-                       "workdir and rerun the same command to resume") from None
+        raise JobError(f"cannot write {e.filename or writing['path']} ({e.strerror or e}); "
+                       f"manifest.json lists the {len(ctx.manifest.chunks)} finished chunks and "
+                       "nothing half-written: free space / fix the workdir and rerun the same "
+                       "command to resume") from None
     return full, grid
 
 
