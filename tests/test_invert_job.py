@@ -365,6 +365,12 @@ def test_array_layouts(tmp_path):
         sources.ArraySource(str(tmp_path / "b.npy"))
 
 
+FMNIST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+needs_fmnist = pytest.mark.skipif(not os.path.exists(FMNIST),
+                                  reason="Debian dataset-fashion-mnist not installed")
+
+
+@needs_fmnist
 def test_bundled_sample_is_fashion_mnist_test():
     from ganinv_jax.data import load_fashion_mnist
     with np.load(sources.BUNDLED_SAMPLE) as z:
@@ -373,6 +379,7 @@ def test_bundled_sample_is_fashion_mnist_test():
     assert imgs.shape == (16, 32, 32, 1) and np.array_equal(imgs, ref[idx])
 
 
+@needs_fmnist
 def test_tfds_fashion_mnist_offline():
     src = sources.open_source(support.job_config("default", data__tfds_name="fashion_mnist",
                                                  data__limit=5).data)
