@@ -147,6 +147,29 @@ def test_crash_then_resume_identical(tmp_path, gen_dir, images_npy, reference, m
     assert not [f for _, _, fs in os.walk(wd) for f in fs if ".tmp-" in f]
 
 
+def test_sigterm_commits_chunk_in_flight_then_stops(tmp_path, gen_dir, images_npy, reference,
+                                                   monkeypatch):
+    """SIGTERM (preemption) during chunk 1: chunk 1 is finished and committed, the job stops
+    with one line, and the rerun completes with the reference results."""
+    import signal
+    wd = str(tmp_path)
+    cfg = support.job_config(gen_dir, data__path=images_npy, batch_size=1)
+    real = invert.process_chunk
+
+    def preempted(ctx, chunk, loaded=None):
+        os.kill(os.getpid(), signal.SIGTERM)        # arrives while the chunk is in flight
+        return real(ctx, chunk, loaded)
+    monkeypatch.setattr(invert, "process_chunk", preempted)
+    with pytest.raises(SystemExit) as e:
+        invert.run(cfg, wd)
+    assert "stopped by SIGTERM after chunk_00000000" in str(e.value)
+    assert len(json.load(open(os.path.join(wd, "manifest.json")))["chunks"]) == 1
+    assert signal.getsignal(signal.SIGTERM) != invert._SIGTERM._handle   # restored
+    monkeypatch.setattr(invert, "process_chunk", real)
+    invert.run(cfg, wd)
+    assert strip_seconds(read_rows(wd)) == strip_seconds(read_rows(reference))
+
+
 def test_disk_full_is_clear_and_resumable(tmp_path, gen_dir, images_npy, reference,
                                           monkeypatch):
     wd = str(tmp_path)

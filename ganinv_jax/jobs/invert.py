@@ -29,8 +29,10 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Optional, Sequence
 
@@ -522,6 +524,37 @@ def write_summary(ctx: Context, chunks: list[dict], wall: float, session_images:
 # ----------------------------------------------------------------------------- driver
 
 
+class StopOnSigterm:
+    """SIGTERM (preemption, scancel, a TPU VM shutting down) finishes and commits the chunk in
+    flight, then stops: no work is lost. The previous handler is restored on exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("invert: SIGTERM: stopping after the chunk in flight is committed")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+_SIGTERM = StopOnSigterm()
+
+
+def stop_requested(ctx: Context) -> bool:
+    """Whether any process got SIGTERM (all processes must stop after the same chunk)."""
+    flag = np.asarray([_SIGTERM.requested], np.bool_)
+    return bool(gather(ctx, {"stop": flag})["stop"].any())
+
+
 def cleanup_partial(workdir: str) -> None:
     """Remove temporary files of writes a kill interrupted (never a finished output)."""
     for root, dirs, files in os.walk(workdir):
@@ -580,6 +613,11 @@ def execute(ctx: Context) -> dict:
             if ctx.pid == 0:
                 report_chunk(writer, progress.done, full, grid)
                 logging.info("%s", line)
+            if k + 1 < len(chunks) and stop_requested(ctx):
+                writer.close()
+                raise SystemExit(f"invert: stopped by SIGTERM after {manifest_lib.chunk_name(chunk)}"
+                                 f" ({progress.done}/{total} images done); rerun the same "
+                                 "command to resume")
     summary = {}
     if ctx.pid == 0:
         done_chunks = committed_chunks(ctx)
@@ -603,7 +641,9 @@ def run(config, workdir: str, devices: Optional[Sequence] = None) -> dict:
             manifest_lib.ResumeMismatch) as e:
         raise SystemExit(f"invert: error: {e}") from None
     try:
-        return execute(ctx)
+        _SIGTERM.requested = False
+        with _SIGTERM:
+            return execute(ctx)
     except JobError as e:
         raise SystemExit(f"invert: error: {e}") from None
 
