@@ -585,11 +585,15 @@ def execute(ctx: Context) -> dict:
     t_start = time.perf_counter()
     views = []
     if ctx.pid == 0:
-        for d in ("recon", "grids", "chunks", "tuned"):
-            os.makedirs(ctx.out(d), exist_ok=True)
-        cleanup_partial(ctx.workdir)
-        views = committed_chunks(ctx)
-        rebuild_views(ctx, views)
+        try:
+            for d in ("recon", "grids", "chunks", "tuned"):
+                os.makedirs(ctx.out(d), exist_ok=True)
+            cleanup_partial(ctx.workdir)
+            views = committed_chunks(ctx)
+            rebuild_views(ctx, views)
+        except OSError as e:
+            raise JobError(f"cannot prepare the workdir: {e.filename or ctx.workdir} "
+                           f"({e.strerror or e})") from None
     barrier(ctx, "ganinv-invert-setup")
     chunks = plan(ctx)
     total = len(ctx.source)
@@ -597,9 +601,28 @@ def execute(ctx: Context) -> dict:
     logging.info("invert: %d items, %d already done, %d chunks of %d to go (method %s, %d "
                  "devices, %d processes)", total, progress.done, len(chunks), ctx.chunk_size,
                  ctx.method.name, len(ctx.global_devices), ctx.nproc)
-    writer = make_writer(ctx)
     failed = sum(int(np.isin(c["status"], (records.FAILED, records.BAD_INPUT)).sum())
                  for c in views) if ctx.pid == 0 else 0
+    writer = make_writer(ctx)
+    try:
+        run_chunks(ctx, chunks, writer, progress, failed)
+    finally:
+        writer.close()      # also on errors: the event file must not stay open
+    summary = {}
+    if ctx.pid == 0:
+        try:
+            summary = finish(ctx, time.perf_counter() - t_start,
+                             progress.done - progress.start_done)
+        except OSError as e:
+            raise JobError(f"cannot write {e.filename or 'the final reports'} ({e.strerror or e})"
+                           "; every chunk is committed: free space and rerun to write the "
+                           "reports") from None
+    barrier(ctx, "ganinv-invert-end")
+    return summary
+
+
+def run_chunks(ctx: Context, chunks, writer, progress: Progress, failed: int) -> None:
+    total = len(ctx.source)
     # Decoding of chunk k+1 (files, arrays, TFDS) overlaps the inversion of chunk k.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode") as prefetch:
         pending = prefetch.submit(load_slots, ctx, chunks[0]) if chunks else None
@@ -614,22 +637,21 @@ def execute(ctx: Context) -> dict:
                 report_chunk(writer, progress.done, full, grid)
                 logging.info("%s", line)
             if k + 1 < len(chunks) and stop_requested(ctx):
-                writer.close()
                 raise SystemExit(f"invert: stopped by SIGTERM after {manifest_lib.chunk_name(chunk)}"
                                  f" ({progress.done}/{total} images done); rerun the same "
                                  "command to resume")
-    summary = {}
-    if ctx.pid == 0:
-        done_chunks = committed_chunks(ctx)
-        rebuild_views(ctx, done_chunks)   # the final files are sorted and exactly the manifest
-        if ctx.config.output.merge_latents:
-            write_latents(ctx, committed_chunks(ctx, keys=("ids", "latent", "status")))
-        summary = write_summary(ctx, done_chunks, time.perf_counter() - t_start,
-                                progress.done - progress.start_done)
-        logging.info("invert: done -> %s (%s)", ctx.workdir,
-                     json.dumps(summary["aggregates"].get("counts")))
-    writer.close()
-    barrier(ctx, "ganinv-invert-end")
+
+
+def finish(ctx: Context, wall: float, session_images: int) -> dict:
+    """Process 0, after the last chunk: final CSVs (sorted, exactly the manifest), the merged
+    latents and summary.json."""
+    done_chunks = committed_chunks(ctx)
+    rebuild_views(ctx, done_chunks)
+    if ctx.config.output.merge_latents:
+        write_latents(ctx, committed_chunks(ctx, keys=("ids", "latent", "status")))
+    summary = write_summary(ctx, done_chunks, wall, session_images)
+    logging.info("invert: done -> %s (%s)", ctx.workdir,
+                 json.dumps(summary["aggregates"].get("counts")))
     return summary
 
 
