@@ -26,11 +26,13 @@ class ResumeMismatch(ValueError):
     """The workdir holds a run with different settings or inputs."""
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
+def write_json_atomic(path: str, obj: Any, compact: bool = False) -> None:
+    """Replace `path` with `obj` as JSON: temporary file, fsync, rename (never half-written)."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    layout = {"separators": (",", ":")} if compact else {"indent": 1}
     try:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, default=_json_default)
+            json.dump(obj, f, sort_keys=True, default=_json_default, **layout)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -118,8 +120,8 @@ class Manifest:
     def commit_chunk(self, entry: dict) -> None:
         """Record one finished chunk (its outputs must already be on disk)."""
         self.chunks.append(entry)
-        try:
-            write_json_atomic(self.path, self.to_json())
+        try:   # compact: the file is rewritten once per chunk
+            write_json_atomic(self.path, self.to_json(), compact=True)
         except BaseException:
             self.chunks.pop()   # the file still holds the previous, consistent manifest
             raise
