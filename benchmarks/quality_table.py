@@ -189,7 +189,7 @@ def main():
             if m in table:
                 table[m]["mse_ratio_latent_opt_over_method"] = \
                     table["latent_opt"]["mse"] / max(table[m]["mse"], 1e-12)
-        report["sets"][set_name] = dict(n=sl.stop - sl.start, table=table)
+        report["sets"][set_name] = dict(n=int(sl.stop - sl.start), table=table)
     # drift on 16 random latents: the default regularizer vs none, first --drift-images images
     drift_rows = {}
     sub = np.arange(min(a.drift_images, len(ids)))
@@ -207,9 +207,14 @@ def main():
     report["drift_16_latents"] = dict(images=int(len(sub)), rows=drift_rows)
     if a.out:
         with open(a.out, "w") as f:
-            json.dump(report, f, indent=1)
-    print(json.dumps(report, indent=1))
+            json.dump(report, f, indent=1, default=_plain)
+    print(json.dumps(report, indent=1, default=_plain))
     print(markdown(report))
+
+
+def _plain(o):
+    """numpy scalars/arrays -> JSON."""
+    return o.tolist() if hasattr(o, "tolist") else str(o)
 
 
 def markdown(report) -> str:
