@@ -107,6 +107,68 @@ def run_one(model: str, method: str, strategy: str, batch: int, k: int, calls: i
                 backend=jax.default_backend(), lpips=lpips)
 
 
+def run_paired(model: str, method: str, batch: int, strategies, k: int, calls: int,
+               lpips: bool, chunk: int) -> dict:
+    """Per-image loop (map, batch 1) and every strategy at `batch`, compiled in ONE process and
+    timed round-robin, so other jobs on the host slow all of them alike: the fair comparison
+    behind the 'auto' rule on a shared machine."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from ganinv_jax import inversion as inv
+    from ganinv_jax.inversion import base, engine
+    from ganinv_jax.models import stylegan2 as sg2
+
+    cfg = sg2.StyleGAN2Config(**MODELS[model])
+    gv = sg2.Generator(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.z_dim)))
+    dv = sg2.Discriminator(cfg).init(jax.random.key(1), jnp.zeros((1, cfg.resolution,
+                                                                   cfg.resolution, 3)))
+    fr = base.make_frozen(cfg, gv, d_vars=dv, lpips="vgg" if lpips else None,
+                          w_stats_samples=1000)
+    m = inv.METHODS[method]
+    c = m.default_config()
+    c.num_steps = 10 ** 6
+    if "perceptual" in c:
+        c.perceptual = "lpips" if lpips else "pooled_l2"
+    if method == "clone":
+        c.eps = -1.0
+    mesh = engine.make_mesh(jax.devices()[:1])
+    data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    fr = jax.device_put(fr, repl)
+    n = jax.device_put(jnp.asarray(k, jnp.int32), repl)
+    runs = {}
+    for strategy, b in [("map", 1)] + [(s, batch) for s in strategies]:
+        init, run, _ = engine._compiled(m, engine._freeze_cfg(c), strategy, chunk, k, mesh, ())
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(b))
+        imgs = jax.random.uniform(jax.random.key(2), (b, cfg.resolution, cfg.resolution, 3),
+                                  minval=-1, maxval=1)
+        lat = jnp.broadcast_to(base.mean_latent(fr), (b, cfg.num_ws, cfg.w_dim))
+        carry = init(*jax.device_put((keys, imgs, lat, jnp.ones((b,), bool)), data), fr)
+        t0 = time.perf_counter()
+        compiled = run.lower(carry, n, fr).compile()
+        t_compile = time.perf_counter() - t0
+        carry = jax.block_until_ready(compiled(carry, n, fr))
+        name = "loop" if b == 1 else strategy
+        runs[name] = dict(fn=compiled, carry=carry, batch=b, times=[], compile_s=t_compile)
+    for _ in range(calls):
+        for r in runs.values():
+            t0 = time.perf_counter()
+            r["carry"] = jax.block_until_ready(r["fn"](r["carry"], n, fr))
+            r["times"].append(time.perf_counter() - t0)
+    out = dict(model=model, method=method, batch=batch, k=k, calls=calls, results={})
+    loop = None
+    for name, r in runs.items():
+        ips = r["batch"] * k / float(np.median(r["times"]))
+        loop = ips if name == "loop" else loop
+        out["results"][name] = dict(batch=r["batch"], img_iters_per_s=round(ips, 3),
+                                    compile_s=round(r["compile_s"], 1))
+    for name, r in out["results"].items():
+        r["vs_loop"] = round(r["img_iters_per_s"] / loop, 3)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="g32,g64")
@@ -118,9 +180,16 @@ def main():
     ap.add_argument("--chunk", type=int, default=4)
     ap.add_argument("--lpips", action="store_true")
     ap.add_argument("--out", default="")
+    ap.add_argument("--plan", default="", help="explicit model:method:strategy:batch,... list")
+    ap.add_argument("--paired", default="", help="model:method:batch — interleaved comparison")
     ap.add_argument("--merge", default="", help="comma-separated JSON outputs to merge and print")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.paired:
+        model, method, batch = a.paired.split(":")
+        print(json.dumps(run_paired(model, method, int(batch), a.strategies.split(","), a.k,
+                                    a.calls, a.lpips, a.chunk)))
+        return
     if a.merge:
         rows = [r for f in a.merge.split(",") for r in json.load(open(f))["rows"]]
         print(json.dumps(summarize(rows), indent=1))
@@ -130,15 +199,19 @@ def main():
         print(json.dumps(run_one(model, method, strategy, int(batch), a.k, a.calls, a.lpips,
                                  a.chunk)))
         return
+    plan = [tuple(p.split(":")) for p in a.plan.split(",")] if a.plan else [
+        (model, method, strategy, batch)
+        for model in a.models.split(",") for method in a.methods.split(",")
+        for batch in a.batches.split(",") for strategy in a.strategies.split(",")
+        # batch 1: every strategy is the per-image loop; one chunk: identical to vmap
+        if not (int(batch) == 1 and strategy != "map")
+        and not (strategy == "chunked" and int(batch) <= a.chunk)]
     rows = []
-    for model in a.models.split(","):
-        for method in a.methods.split(","):
-            for batch in map(int, a.batches.split(",")):
-                for strategy in a.strategies.split(","):
-                    if batch == 1 and strategy != "map":
-                        continue   # batch 1: every strategy is the per-image loop
-                    if strategy == "chunked" and batch <= a.chunk:
-                        continue   # one chunk: identical to vmap
+    if True:
+        for model, method, strategy, batch in plan:
+            batch = int(batch)
+            if True:
+                if True:
                     cmd = [sys.executable, __file__, "--one", f"{model}:{method}:{strategy}:{batch}",
                            "--k", str(a.k), "--calls", str(a.calls), "--chunk", str(a.chunk)]
                     if a.lpips:
