@@ -13,6 +13,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import jax
@@ -509,19 +510,36 @@ def test_kill9_at_random_moments_then_resume(tmp_path, gen_dir):
            f"data.path={data}", "batch_size=2"]
     rng = np.random.default_rng(0)
     kills = 0
-    for attempt in range(8):
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def committed() -> int:
         try:
-            p.wait(timeout=float(rng.uniform(4.0, 45.0)) if attempt < 4 else 900)
-        except subprocess.TimeoutExpired:
-            p.kill()                                   # SIGKILL
-            p.wait()
-            kills += 1
-            _check_workdir_consistent(wd)
-            continue
+            return len(json.load(open(os.path.join(wd, "manifest.json")))["chunks"])
+        except (OSError, ValueError):
+            return 0
+    # attempt 0: killed during start-up; attempts 1-3: killed a random moment (0-1.5 s) after
+    # the next chunk commits, i.e. inside the following chunk's compute or writes; then finish.
+    for attempt in range(5):
+        before = committed()
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if attempt < 4:
+            deadline = time.time() + 600
+            if attempt == 0:
+                time.sleep(float(rng.uniform(0.5, 3.0)))
+            else:
+                while committed() == before and p.poll() is None and time.time() < deadline:
+                    time.sleep(0.05)
+                time.sleep(float(rng.uniform(0.0, 1.5)))
+            if p.poll() is None:
+                p.kill()                               # SIGKILL
+                p.wait()
+                kills += 1
+                _check_workdir_consistent(wd)
+                continue
+        p.wait(timeout=900)
         assert p.returncode == 0, p.stderr.read()[-3000:]
-        break
-    assert kills >= 1
+        if attempt == 4 or committed() == 6:
+            break
+    assert kills >= 3
     assert strip_seconds(read_rows(wd)) == strip_seconds(read_rows(ref))
     ids = [int(r["id"]) for r in read_rows(wd)]
     assert ids == list(range(24))
