@@ -5,7 +5,6 @@ The job runs in-process on the 8 fake CPU devices of conftest.py (or on a 1-devi
 """
 from __future__ import annotations
 
-import csv
 import errno
 import io
 import json
@@ -17,7 +16,6 @@ import time
 import zlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image

@@ -31,7 +31,6 @@ import platform
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from typing import Any, Optional, Sequence
@@ -454,7 +453,6 @@ def report_chunk(writer, step: int, full: dict, grid: Optional[np.ndarray]) -> N
 def versions() -> dict:
     import flax
     import optax
-    import orbax.checkpoint
     out = {"python": platform.python_version(), "jax": jax.__version__,
            "jaxlib": getattr(jax.lib, "__version__", None) or _pkg_version("jaxlib"),
            "flax": flax.__version__, "optax": optax.__version__,
