@@ -124,6 +124,30 @@ def _plot_png(series, path: str, w: int = 360, h: int = 200) -> None:
     img.save(path)
 
 
+def model_card(config, nets, res: dict, note: str = "") -> str:
+    m = nets.model_config
+    return "\n".join([
+        "# InvGAN-StyleGAN2, Fashion-MNIST 32x32x3",
+        "",
+        f"Trained with `configs/invgan_fashion_mnist.py` (variant `{config.variant}`) for "
+        f"{res['step']} steps of batch {config.batch_size} "
+        f"({res['step'] * config.batch_size / 1000:.0f} kimg) on the train split.",
+        f"G/D widths {tuple(m.channels)} at 4..{m.resolution}, z_dim {m.z_dim}, w_dim "
+        f"{m.w_dim}, {m.mapping_layers}-layer mapping, noise_mode '{config.noise_mode}'.",
+        "",
+        f"Held-out test split ({res['num_test']} images), per-pixel MAE of G(D_w(x)) on [-1, 1]: "
+        f"G_ema {res['test_mae_g_ema']:.4f}, raw G {res['test_mae_g']:.4f}.",
+        f"Time per inferred latent (D_w, batch 256, this CPU): "
+        f"{res['sec_per_latent_cpu'] * 1e3:.2f} ms.",
+        "",
+        "Files: `samples.png` (64 random G_ema samples), `reconstructions.png` (rows of real, "
+        "G_ema(D_w(real)), |difference|), `curves.csv`/`curves.png` (training losses), "
+        "`train_config.json`, `eval.json`.",
+        *([f"", f"Note: {note}"] if note else []),
+        "",
+    ])
+
+
 def export(config, workdir: str, out: str, num_test: int = 0, step=None,
            source_note: str = "") -> dict:
     """Write the DIR (atomically: temp sibling then rename; an existing `out` is replaced)."""
@@ -167,6 +191,8 @@ def export(config, workdir: str, out: str, num_test: int = 0, step=None,
                "sec_per_latent_cpu": invgan.time_per_latent(nets, d_params, test)}
         with open(os.path.join(tmp, "eval.json"), "w") as f:
             json.dump(res, f, indent=2)
+        with open(os.path.join(tmp, "MODEL.md"), "w") as f:
+            f.write(model_card(config, nets, res, source_note))
         scalars = read_scalars(workdir)
         if scalars:
             write_curves(scalars, os.path.join(tmp, "curves.csv"),
