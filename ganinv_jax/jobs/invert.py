@@ -648,9 +648,19 @@ def finish(ctx: Context, wall: float, session_images: int) -> dict:
     if ctx.config.output.merge_latents:
         write_latents(ctx, committed_chunks(ctx, keys=("ids", "latent", "status")))
     summary = write_summary(ctx, done_chunks, wall, session_images)
-    logging.info("invert: done -> %s (%s)", ctx.workdir,
-                 json.dumps(summary["aggregates"].get("counts")))
+    logging.info("%s", done_line(summary, ctx.workdir))
     return summary
+
+
+def done_line(summary: dict, workdir: str) -> str:
+    """'invert: done: 16 images (16 ok, 0 failed, 0 bad input) | mean MSE ... | -> workdir'."""
+    a = summary["aggregates"]
+    counts = a.get("counts", {})
+    ok = counts.get("converged", 0) + counts.get("max_steps", 0)
+    means = " ".join(f"{k.upper()} {a[k]['mean']:.4g}" for k in records.METRIC_KEYS
+                     if a.get(k))
+    return (f"invert: done: {a.get('images', 0)} images ({ok} ok, {counts.get('failed', 0)} "
+            f"failed, {counts.get('bad_input', 0)} bad input) | mean {means or '-'} | -> {workdir}")
 
 
 def run(config, workdir: str, devices: Optional[Sequence] = None) -> dict:
