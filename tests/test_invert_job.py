@@ -335,7 +335,8 @@ def test_broken_files_recorded_good_ones_done(tmp_path, gen_dir):
         assert rows[p]["status"] in ("max_steps", "converged"), (p, rows[p])
     fails = {r["path"]: r["reason"] for r in records.read_csv(os.path.join(wd, "failures.csv"))}
     assert sorted(fails) == sorted(broken)
-    assert all(rows[p]["status"] == "bad_input" for p in broken)
+    assert all(rows[p]["status"] == "bad_input" and rows[p]["iterations"] == "0"
+               and rows[p]["mse"] == "nan" for p in broken)
     assert "empty file" in fails["empty.png"]
     assert "decompression bomb" in fails["bomb.png"]
     assert "too large" in fails["bomb_mid.png"]

@@ -282,7 +282,8 @@ def invert_local(ctx: Context, ids: Sequence[int], loaded: Optional[list] = None
     bad = ~np.isin(status, records.OK_STATUSES)
     seconds = (time.perf_counter() - t0) / max(len(ids), 1)
     rec = {"ids": slot_ids, "status": status, "reasons": records.encode_reasons(reasons),
-           "iterations": np.asarray(out["iterations"], np.int32),
+           "iterations": np.where(np.isin(status, (records.BAD_INPUT, records.EMPTY)), 0,
+                                  np.asarray(out["iterations"])).astype(np.int32),
            "seconds": np.where(status == records.EMPTY, 0.0, seconds).astype(np.float32),
            "latent": np.asarray(out["latent"], np.float32)}
     for k in records.METRIC_KEYS:
