@@ -52,17 +52,18 @@ AXIS = "data"
 
 
 def auto_strategy(method: base.Method, backend: Optional[str] = None) -> str:
-    """The 'auto' rule (measured in benchmarks/bench_inversion.py, see README_SECTION.md).
+    """The 'auto' rule, from benchmarks/bench_inversion.py (numbers in README_SECTION.md).
 
     GPU/TPU: 'vmap' (grouped convs are fast there and vmap fills the device).
-    CPU: methods that tune per-image weights -> 'map' (vmap turns their convs into grouped convs
-    that XLA:CPU runs several times slower); latent optimization shares G's weights, so vmap keeps
-    dense convs and batches them -> 'vmap'.
+    CPU: 'map' for every method. Measured on XLA:CPU (2 cores, 32x32 StyleGAN2, batch 8, loop and
+    strategies timed round-robin): weight-tuning methods under vmap run their convs as grouped
+    convs with per-image kernels and fall to ~0.75-0.8x of the per-image loop (PTI, GMM); even
+    latent optimization (shared weights) measured vmap 0.91x and chunked 0.83x of the loop, while
+    lax.map stayed at 1.0-1.09x. `method` is kept in the signature for per-method rules.
     """
     backend = backend or jax.default_backend()
-    if backend != "cpu":
-        return "vmap"
-    return "map" if method.tunes_weights else "vmap"
+    del method
+    return "vmap" if backend != "cpu" else "map"
 
 
 def make_mesh(devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:
