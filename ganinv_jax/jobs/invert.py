@@ -27,10 +27,8 @@ import dataclasses
 import functools
 import json
 import os
-import platform
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from typing import Any, Optional, Sequence
@@ -44,6 +42,7 @@ from ganinv_jax import imageio
 from ganinv_jax.jobs import manifest as manifest_lib
 from ganinv_jax.jobs import methods as methods_lib
 from ganinv_jax.jobs import records
+from ganinv_jax.jobs import reporting
 from ganinv_jax.jobs import sources
 
 INITS = ("auto", "mean_w", "encoder", "latent_opt")
@@ -405,77 +404,6 @@ def process_chunk(ctx: Context, chunk: Sequence[int], loaded: Optional[list] = N
 # ----------------------------------------------------------------------------- reporting
 
 
-class Progress:
-    """images done/total, images/s over this session, ETA."""
-
-    def __init__(self, total: int, done: int):
-        self.total, self.done, self.start_done = total, done, done
-        self.t0 = time.perf_counter()
-
-    def update(self, n: int, failed: int) -> str:
-        self.done += n
-        elapsed = time.perf_counter() - self.t0
-        rate = (self.done - self.start_done) / max(elapsed, 1e-9)
-        left = self.total - self.done
-        eta = left / rate if rate > 0 else float("inf")
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
-        return (f"invert: {self.done}/{self.total} images ({100.0 * self.done / self.total:.1f}%)"
-                f" | {rate:.2f} images/s | ETA {eta_s} | failed so far {failed}")
-
-    def rate(self) -> float:
-        return (self.done - self.start_done) / max(time.perf_counter() - self.t0, 1e-9)
-
-
-def make_writer(ctx: Context):
-    from clu import metric_writers
-    return metric_writers.create_default_writer(ctx.out("tensorboard"), just_logging=ctx.pid != 0,
-                                                asynchronous=False)
-
-
-def report_chunk(writer, step: int, full: dict, grid: Optional[np.ndarray]) -> None:
-    """TensorBoard: chunk means of the metrics at step = images finished so far."""
-    keep = np.isin(full["status"], records.OK_STATUSES)
-    scalars = {}
-    for k in records.METRIC_KEYS + ("iterations",):
-        v = np.asarray(full[k], np.float64)[keep]
-        v = v[np.isfinite(v)]
-        if v.size:
-            scalars[f"chunk_mean/{k}"] = float(v.mean())
-    scalars["chunk/failed"] = float((~keep & (full["status"] != records.EMPTY)).sum())
-    try:
-        writer.write_scalars(step, scalars)
-        if grid is not None:
-            writer.write_images(step, {"target_vs_recon": grid[None]})
-        writer.flush()
-    except Exception as e:  # noqa: BLE001 -- TensorBoard must never stop the job
-        logging.warning("invert: TensorBoard write failed: %s", e)
-
-
-def versions() -> dict:
-    import flax
-    import optax
-    out = {"python": platform.python_version(), "jax": jax.__version__,
-           "jaxlib": getattr(jax.lib, "__version__", None) or _pkg_version("jaxlib"),
-           "flax": flax.__version__, "optax": optax.__version__,
-           "orbax_checkpoint": _pkg_version("orbax-checkpoint"), "numpy": np.__version__}
-    try:
-        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        out["ganinv_jax_commit"] = subprocess.run(
-            ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
-            timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        out["ganinv_jax_commit"] = None
-    return out
-
-
-def _pkg_version(name: str) -> Optional[str]:
-    from importlib import metadata
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def committed_chunks(ctx: Context, keys=records.RECORD_KEYS) -> list[dict]:
     """The committed chunk records (by default without latents: a resumed million-image run
     must not read every latent to rebuild its CSVs)."""
@@ -511,7 +439,7 @@ def write_summary(ctx: Context, chunks: list[dict], wall: float, session_images:
         "chunks": len(ctx.manifest.chunks), "method": ctx.method.name,
         "generator": ctx.config.generator, "source": ctx.source.describe(),
         "config": cfg, "method_config": json.loads(ctx.mcfg.to_json_best_effort()),
-        "versions": versions(), "platform": jax.default_backend(),
+        "versions": reporting.versions(), "platform": jax.default_backend(),
         "device_count": len(ctx.global_devices), "process_count": ctx.nproc,
         "local_device_count": len(ctx.devices), "chunk_size": ctx.chunk_size,
         "this_session": {"wall_seconds": round(wall, 3), "images": session_images,
@@ -596,13 +524,13 @@ def execute(ctx: Context) -> dict:
     barrier(ctx, "ganinv-invert-setup")
     chunks = plan(ctx)
     total = len(ctx.source)
-    progress = Progress(total, total - sum(len(c) for c in chunks))
+    progress = reporting.Progress(total, total - sum(len(c) for c in chunks))
     logging.info("invert: %d items, %d already done, %d chunks of %d to go (method %s, %d "
                  "devices, %d processes)", total, progress.done, len(chunks), ctx.chunk_size,
                  ctx.method.name, len(ctx.global_devices), ctx.nproc)
     failed = sum(int(np.isin(c["status"], (records.FAILED, records.BAD_INPUT)).sum())
                  for c in views) if ctx.pid == 0 else 0
-    writer = make_writer(ctx)
+    writer = reporting.make_writer(ctx.out("tensorboard"), ctx.pid == 0)
     try:
         run_chunks(ctx, chunks, writer, progress, failed)
     finally:
@@ -620,7 +548,7 @@ def execute(ctx: Context) -> dict:
     return summary
 
 
-def run_chunks(ctx: Context, chunks, writer, progress: Progress, failed: int) -> None:
+def run_chunks(ctx: Context, chunks, writer, progress: reporting.Progress, failed: int) -> None:
     total = len(ctx.source)
     # Decoding of chunk k+1 (files, arrays, TFDS) overlaps the inversion of chunk k.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode") as prefetch:
@@ -633,7 +561,7 @@ def run_chunks(ctx: Context, chunks, writer, progress: Progress, failed: int) ->
             failed += int(np.isin(full["status"], (records.FAILED, records.BAD_INPUT)).sum())
             line = progress.update(len(chunk), failed)
             if ctx.pid == 0:
-                report_chunk(writer, progress.done, full, grid)
+                reporting.report_chunk(writer, progress.done, full, grid)
                 logging.info("%s", line)
             if k + 1 < len(chunks) and stop_requested(ctx):
                 raise SystemExit(f"invert: stopped by SIGTERM after {manifest_lib.chunk_name(chunk)}"
@@ -649,19 +577,8 @@ def finish(ctx: Context, wall: float, session_images: int) -> dict:
     if ctx.config.output.merge_latents:
         write_latents(ctx, committed_chunks(ctx, keys=("ids", "latent", "status")))
     summary = write_summary(ctx, done_chunks, wall, session_images)
-    logging.info("%s", done_line(summary, ctx.workdir))
+    logging.info("%s", reporting.done_line(summary, ctx.workdir))
     return summary
-
-
-def done_line(summary: dict, workdir: str) -> str:
-    """'invert: done: 16 images (16 ok, 0 failed, 0 bad input) | mean MSE ... | -> workdir'."""
-    a = summary["aggregates"]
-    counts = a.get("counts", {})
-    ok = counts.get("converged", 0) + counts.get("max_steps", 0)
-    means = " ".join(f"{k.upper()} {a[k]['mean']:.4g}" for k in records.METRIC_KEYS
-                     if a.get(k))
-    return (f"invert: done: {a.get('images', 0)} images ({ok} ok, {counts.get('failed', 0)} "
-            f"failed, {counts.get('bad_input', 0)} bad input) | mean {means or '-'} | -> {workdir}")
 
 
 def run(config, workdir: str, devices: Optional[Sequence] = None) -> dict:
