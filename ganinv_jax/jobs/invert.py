@@ -176,6 +176,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     except (ValueError, FileNotFoundError) as e:
         raise JobError(f"config.lpips_net={config.lpips_net!r}: {e}") from None
     frozen = base.make_frozen(g_cfg, gan.G, lpips=lpips_params,
+                              lpips_net=losses.perceptual.canonical_net(config.lpips_net),
                               d_vars=gan.params.get("D") if method.name == "clone" else None,
                               reals=load_reals(config, pre) if method.name == "clone" else None)
     return Context(config=config, workdir=workdir, source=source, pre=pre, method=method,
