@@ -171,6 +171,26 @@ def main():
     rows["latent_opt"] = dict(quality(frozen, images, lo["recon"]), iterations=lo["iterations"],
                               time_s=lo["_time_s"])
     pivot = lo["latent"]
+    def tables():
+        for si, set_name in enumerate(names):
+            sl = slice(bounds[si], bounds[si + 1])
+            table = {}
+            for m, r in rows.items():
+                table[m] = {k: float(np.mean(v[sl])) for k, v in r.items() if k != "time_s"}
+                # wall time of the whole batch (all sets) divided by its size
+                table[m]["time_s_per_image"] = r["time_s"] / len(ids)
+            for m in ("clone", "gmm", "pti"):
+                if m in table:
+                    table[m]["mse_ratio_latent_opt_over_method"] = \
+                        table["latent_opt"]["mse"] / max(table[m]["mse"], 1e-12)
+            report["sets"][set_name] = dict(n=int(sl.stop - sl.start), table=table)
+        if a.out:   # partial results survive an interrupted run
+            with open(a.out, "w") as f:
+                json.dump(report, f, indent=1, default=_plain)
+            with open(a.out + ".md", "w") as f:
+                f.write(markdown(report) + "\n")
+
+    tables()
     for m in methods:
         if m == "latent_opt":
             continue
@@ -178,23 +198,12 @@ def main():
         outs[m] = out
         rows[m] = dict(quality(frozen, images, out["recon"]), iterations=out["iterations"],
                        time_s=out["_time_s"], converged=out["converged"], failed=out["failed"])
-    for si, set_name in enumerate(names):
-        sl = slice(bounds[si], bounds[si + 1])
-        table = {}
-        for m, r in rows.items():
-            table[m] = {k: float(np.mean(v[sl])) for k, v in r.items() if k != "time_s"}
-            # wall time of the whole batch (all sets) divided by its size
-            table[m]["time_s_per_image"] = r["time_s"] / len(ids)
-        for m in ("clone", "gmm", "pti"):
-            if m in table:
-                table[m]["mse_ratio_latent_opt_over_method"] = \
-                    table["latent_opt"]["mse"] / max(table[m]["mse"], 1e-12)
-        report["sets"][set_name] = dict(n=int(sl.stop - sl.start), table=table)
+        tables()
     # drift on 16 random latents: the default regularizer vs none, first --drift-images images
     drift_rows = {}
     sub = np.arange(min(a.drift_images, len(ids)))
     for m in ("pti", "gmm"):
-        if m not in outs:
+        if m not in outs or not len(sub):
             continue
         drift_rows[m] = dict(with_reg=drift(frozen, m, outs[m], cfgs[m], sub))
         c0 = cfgs[m].copy_and_resolve_references()
