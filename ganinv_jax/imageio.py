@@ -1,11 +1,10 @@
 """Image conversions and grids shared by every job (files are 8-bit; the library is [-1, 1])."""
 from __future__ import annotations
 
-import os
-import uuid
-
 import numpy as np
 from PIL import Image
+
+from ganinv_jax import atomic
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -42,10 +41,5 @@ def save_png(path: str, image: np.ndarray) -> None:
         image = to_uint8(image)
     if image.shape[-1] == 1:
         image = image[..., 0]
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}.png"
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic.atomic_open(path, "wb", suffix=".png") as f:
+        Image.fromarray(image).save(f, format="PNG")

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from ganinv_jax import atomic
 
 MANIFEST = "manifest.json"
 VERSION = 1
@@ -28,18 +29,10 @@ class ResumeMismatch(ValueError):
 
 def write_json_atomic(path: str, obj: Any, compact: bool = False) -> None:
     """Replace `path` with `obj` as JSON: temporary file, fsync, rename (never half-written)."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     layout = {"separators": (",", ":")} if compact else {"indent": 1}
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, sort_keys=True, default=_json_default, **layout)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic.atomic_open(path, "w") as f:
+        json.dump(obj, f, sort_keys=True, default=_json_default, **layout)
+        f.write("\n")
 
 
 def _json_default(x):

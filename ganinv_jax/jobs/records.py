@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import uuid
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from ganinv_jax import atomic
 
 # Per-image status codes (chunk files) and their names (metrics.csv).
 CONVERGED, MAX_STEPS, FAILED, BAD_INPUT, EMPTY = 0, 1, 2, 3, -1
@@ -42,16 +42,8 @@ def decode_reason(row: np.ndarray) -> str:
 
 
 def save_npz_atomic(path: str, **arrays) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}.npz"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic.atomic_open(path, "wb", suffix=".npz") as f:
+        np.savez(f, **arrays)
 
 
 # What the CSVs and the summary need: everything but the (large) latents and extras.
@@ -100,16 +92,8 @@ def _csv_text(rows: Iterable[Sequence[str]]) -> str:
 
 
 def write_csv_atomic(path: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(_csv_text([header]) + _csv_text(rows))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic.atomic_open(path, "w", newline="") as f:
+        f.write(_csv_text([header]) + _csv_text(rows))
 
 
 def append_csv(path: str, rows: Sequence[Sequence[str]]) -> None:
