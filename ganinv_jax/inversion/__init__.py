@@ -1,4 +1,4 @@
-"""Per-image GAN inversion methods and the batch engine (see README_SECTION.md).
+"""Per-image GAN inversion methods and the batch engine (see the README, "Per-image inversion").
 
     from ganinv_jax import inversion as inv
     frozen = inv.make_frozen(g_cfg, g_vars, d_vars=d_vars, lpips='vgg')

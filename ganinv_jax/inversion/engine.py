@@ -52,7 +52,7 @@ AXIS = "data"
 
 
 def auto_strategy(method: base.Method, backend: Optional[str] = None) -> str:
-    """The 'auto' rule, from benchmarks/bench_inversion.py (numbers in README_SECTION.md).
+    """The 'auto' rule, from benchmarks/bench_inversion.py (numbers in the README, "Per-image inversion").
 
     GPU/TPU: 'vmap' (grouped convs are fast there and vmap fills the device).
     CPU: 'map' for every method. Measured on XLA:CPU (2 cores, 32x32 StyleGAN2, batch 8, loop and

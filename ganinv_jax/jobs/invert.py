@@ -3,7 +3,7 @@
   python -m ganinv_jax.main --config=configs/stylegan2.py --workdir=/tmp/ganinv
 
 inverts the bundled sample (16 Fashion-MNIST test images) with the embedded default generator.
-See `ganinv_jax/jobs/README_SECTION.md` for inputs, outputs and launch scripts.
+See the README section "Batch inversion" for inputs, outputs and launch scripts.
 
 How the work is split. The listing of the input (every host lists; only ids and paths) is cut
 into chunks of `batch_size x (number of devices)` ids. Within a chunk, process p takes the
