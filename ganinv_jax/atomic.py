@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 
 
@@ -26,3 +27,28 @@ def atomic_open(path: str, mode: str = "w", suffix: str = "", **open_kwargs):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str, replace: bool = False):
+    """`with atomic_dir(out) as tmp: <write files into tmp>` then `tmp` is renamed to `out`.
+
+    The temporary directory is a hidden sibling of `out` (same filesystem, so the rename is
+    atomic); on any error it is removed and `out` is untouched. An existing `out` is replaced
+    when `replace`, else `FileExistsError`.
+    """
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        if os.path.exists(out):
+            if not replace:
+                raise FileExistsError(f"{out}: output already exists")
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -13,14 +13,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from typing import Any, Mapping, Optional
 
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from ganinv_jax import checkpointing, pretrained
+from ganinv_jax import atomic, checkpointing, pretrained
 from ganinv_jax.models import layers as L
 from ganinv_jax.models.stylegan2 import StyleGAN2Config
 from weights_convert import infer, safe_load, tables
@@ -291,20 +289,13 @@ def write_dir(out: str, converted: Converted) -> str:
     out = os.path.abspath(out)
     if os.path.exists(out):
         raise CheckpointError(f"{out}: output already exists")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
     try:
-        checkpointing.save_pytree(os.path.join(tmp, PARAMS_NAME), converted.trees)
-        doc = dict(converted.meta, config=converted.config.to_dict())
-        with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
-            json.dump(doc, f, indent=2, sort_keys=True)
-            f.write("\n")
-        if os.path.exists(out):
-            raise CheckpointError(f"{out}: output already exists")
-        os.rename(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic.atomic_dir(out) as tmp:
+            checkpointing.save_pytree(os.path.join(tmp, PARAMS_NAME), converted.trees)
+            doc = dict(converted.meta, config=converted.config.to_dict())
+            with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
+                json.dump(doc, f, indent=2, sort_keys=True)
+                f.write("\n")
+    except FileExistsError as e:   # `out` appeared while we wrote
+        raise CheckpointError(str(e)) from None
     return out

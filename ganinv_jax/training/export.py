@@ -14,13 +14,11 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
-import uuid
 
 import jax
 import numpy as np
 
-from ganinv_jax import checkpointing
+from ganinv_jax import atomic, checkpointing
 from ganinv_jax.training import invgan
 from ganinv_jax.training import sharding as shd
 from ganinv_jax.training import state as state_lib
@@ -157,11 +155,7 @@ def export(config, workdir: str, out: str, num_test: int = 0, step=None,
     nets, state = restore_workdir(config, workdir, step)
     step = int(state.step)
     out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
-    try:
+    with atomic.atomic_dir(out, replace=True) as tmp:
         trees = export_trees(state)
         checkpointing.save_pytree(os.path.join(tmp, pretrained.PARAMS_NAME), trees)
         doc = {"format_version": 1, "architecture": "stylegan2", "networks": sorted(trees),
@@ -197,12 +191,6 @@ def export(config, workdir: str, out: str, num_test: int = 0, step=None,
         if scalars:
             write_curves(scalars, os.path.join(tmp, "curves.csv"),
                          os.path.join(tmp, "curves.png"))
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return res
 
 
