@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -41,14 +40,14 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_one(model: str, method: str, strategy: str, batch: int, k: int, calls: int,
-            lpips: bool, chunk: int) -> dict:
+def _random_setup(model: str, method: str, lpips: bool):
+    """A random-weight G/D of `MODELS[model]`, its Frozen, and the method with a config whose
+    schedules stay far from their end and which never stops early (pure throughput)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from ganinv_jax import inversion as inv
-    from ganinv_jax.inversion import base, engine
+    from ganinv_jax.inversion import base
     from ganinv_jax.models import stylegan2 as sg2
 
     cfg = sg2.StyleGAN2Config(**MODELS[model])
@@ -59,11 +58,23 @@ def run_one(model: str, method: str, strategy: str, batch: int, k: int, calls: i
                           w_stats_samples=1000)
     m = inv.METHODS[method]
     c = m.default_config()
-    c.num_steps = 10 ** 6                         # schedules far from their end; no early stop
+    c.num_steps = 10 ** 6
     if "perceptual" in c:
         c.perceptual = "lpips" if lpips else "pooled_l2"
     if method == "clone":
         c.eps = -1.0
+    return cfg, fr, m, c
+
+
+def run_one(model: str, method: str, strategy: str, batch: int, k: int, calls: int,
+            lpips: bool, chunk: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ganinv_jax.inversion import base, engine
+
+    cfg, fr, m, c = _random_setup(model, method, lpips)
     imgs = jax.random.uniform(jax.random.key(2), (batch, cfg.resolution, cfg.resolution, 3),
                               minval=-1, maxval=1)
     rss0 = _rss_mb()
@@ -117,23 +128,9 @@ def run_paired(model: str, method: str, batch: int, strategies, k: int, calls: i
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from ganinv_jax import inversion as inv
     from ganinv_jax.inversion import base, engine
-    from ganinv_jax.models import stylegan2 as sg2
 
-    cfg = sg2.StyleGAN2Config(**MODELS[model])
-    gv = sg2.Generator(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.z_dim)))
-    dv = sg2.Discriminator(cfg).init(jax.random.key(1), jnp.zeros((1, cfg.resolution,
-                                                                   cfg.resolution, 3)))
-    fr = base.make_frozen(cfg, gv, d_vars=dv, lpips="vgg" if lpips else None,
-                          w_stats_samples=1000)
-    m = inv.METHODS[method]
-    c = m.default_config()
-    c.num_steps = 10 ** 6
-    if "perceptual" in c:
-        c.perceptual = "lpips" if lpips else "pooled_l2"
-    if method == "clone":
-        c.eps = -1.0
+    cfg, fr, m, c = _random_setup(model, method, lpips)
     mesh = engine.make_mesh(jax.devices()[:1])
     data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     fr = jax.device_put(fr, repl)
