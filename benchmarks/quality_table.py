@@ -14,9 +14,14 @@ PTI / Clone / GMM all tuned around that same latent, so their MSE is comparable 
 Drift: for `--drift-images` images, the LPIPS between the frozen G and each image's tuned G on 16
 random latents (PTI and GMM with and without the locality/localization regularizer).
 Metrics from `ganinv_jax.losses` (MSE, SSIM, PSNR on [0, 1] images, LPIPS-VGG on 3 channels,
-reconstructions clipped to [-1, 1]). Steps: see
---steps-scale; Clone uses the paper's p=1/4, λ=10, ε=1e-3 with a step cap (its iterations column
-and converged fraction show how far it got).
+reconstructions clipped to [-1, 1]). Steps: --steps-scale times the defaults, or per method with
+--steps latent_opt=200,pti=150; Clone uses the paper's p=1/4, λ=10, ε=1e-3 with a step cap (its
+iterations column and converged fraction show how far it got).
+Convergence: the engine's per-call history gives each method's mean MSE curve (`curve_mse`, every
+--steps-per-call steps; the method's own training MSE of its last step, unclipped) and
+`steps_to_latent_opt_mse`: the mean first recorded step at which an image's MSE is at or below
+latent_opt's final MSE for that image (over the images that got there; `reached_latent_opt`
+is that fraction).
 """
 from __future__ import annotations
 
@@ -111,10 +116,11 @@ def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99):
     return float(np.mean(vals))
 
 
-def run_method(name, frozen, images, ids, init, cfg, steps, strategy):
+def run_method(name, frozen, images, ids, init, cfg, steps, strategy, steps_per_call=10):
     t = time.perf_counter()
     out = inv.invert_batch(inv.METHODS[name], frozen, images, ids, init, cfg, seed=0,
-                           steps=steps, steps_per_call=max(1, min(25, steps)), strategy=strategy)
+                           steps=steps, steps_per_call=max(1, min(steps_per_call, steps)),
+                           strategy=strategy)
     out["_time_s"] = time.perf_counter() - t
     out["_images"] = images
     return out
@@ -126,6 +132,8 @@ def main():
     ap.add_argument("--ood", type=int, default=8)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--steps-scale", type=float, default=1.0)
+    ap.add_argument("--steps", default="", help="per-method steps, e.g. latent_opt=200,pti=150")
+    ap.add_argument("--steps-per-call", type=int, default=10, help="K (history resolution)")
     ap.add_argument("--drift-images", type=int, default=4)
     ap.add_argument("--methods", default="latent_opt,pti,clone,gmm")
     ap.add_argument("--strategy", default="auto")
@@ -145,13 +153,15 @@ def main():
     frozen = inv.make_frozen(g_cfg, gv, d_vars=dv, lpips="vgg", reals=reals)
     s = lambda n: max(1, int(round(n * a.steps_scale)))
     steps = dict(latent_opt=s(300), pti=s(200), clone=s(300), gmm=s(200))
+    steps.update({k: int(v) for k, v in (kv.split("=") for kv in a.steps.split(",") if kv)})
     cfgs = {m: inv.METHODS[m].default_config() for m in inv.METHODS}
     cfgs["latent_opt"].num_steps = steps["latent_opt"]
     cfgs["latent_opt"].initial_noise_factor = 0.0 if encode else 0.05
     for m in ("pti", "clone", "gmm"):
         cfgs[m].num_steps = steps[m]
     report = dict(generator=g_name, g_config=g_cfg.to_dict(), steps=steps,
-                  backend=jax.default_backend(), strategy=a.strategy, sets={})
+                  backend=jax.default_backend(), strategy=a.strategy, sets={},
+                  command=" ".join(sys.argv), load_avg_at_start=os.getloadavg()[0])
     methods = a.methods.split(",")
     # One batch holds every set (one compile per method); tables are split by set afterwards.
     names = list(sets)
@@ -167,9 +177,10 @@ def main():
         rows["encoder"] = dict(quality(frozen, images, rec), iterations=np.zeros(len(ids)),
                                time_s=enc_time)
     lo = run_method("latent_opt", frozen, images, ids, start, cfgs["latent_opt"],
-                    steps["latent_opt"], a.strategy)
+                    steps["latent_opt"], a.strategy, a.steps_per_call)
     rows["latent_opt"] = dict(quality(frozen, images, lo["recon"]), iterations=lo["iterations"],
                               time_s=lo["_time_s"])
+    curves = {"latent_opt": lo}
     pivot = lo["latent"]
     def tables():
         for si, set_name in enumerate(names):
@@ -179,6 +190,10 @@ def main():
                 table[m] = {k: float(np.mean(v[sl])) for k, v in r.items() if k != "time_s"}
                 # wall time of the whole batch (all sets) divided by its size
                 table[m]["time_s_per_image"] = r["time_s"] / len(ids)
+                if m in curves:
+                    table[m].update(convergence(curves[m], rows["latent_opt"]["mse"], sl))
+                    if m == "latent_opt":     # its own target: only the curve is meaningful
+                        del table[m]["steps_to_latent_opt_mse"], table[m]["reached_latent_opt"]
             for m in ("clone", "gmm", "pti"):
                 if m in table:
                     table[m]["mse_ratio_latent_opt_over_method"] = \
@@ -194,8 +209,9 @@ def main():
     for m in methods:
         if m == "latent_opt":
             continue
-        out = run_method(m, frozen, images, ids, pivot, cfgs[m], steps[m], a.strategy)
-        outs[m] = out
+        out = run_method(m, frozen, images, ids, pivot, cfgs[m], steps[m], a.strategy,
+                         a.steps_per_call)
+        outs[m] = curves[m] = out
         rows[m] = dict(quality(frozen, images, out["recon"]), iterations=out["iterations"],
                        time_s=out["_time_s"], converged=out["converged"], failed=out["failed"])
         tables()
@@ -208,7 +224,8 @@ def main():
         drift_rows[m] = dict(with_reg=drift(frozen, m, outs[m], cfgs[m], sub))
         c0 = cfgs[m].copy_and_resolve_references()
         c0.reg_weight = 0.0
-        o0 = run_method(m, frozen, images[sub], ids[sub], pivot[sub], c0, steps[m], a.strategy)
+        o0 = run_method(m, frozen, images[sub], ids[sub], pivot[sub], c0, steps[m], a.strategy,
+                        a.steps_per_call)
         drift_rows[m]["without_reg"] = drift(frozen, m, o0, c0, range(len(sub)))
         drift_rows[m]["mse_with_reg"] = float(np.mean(rows[m]["mse"][sub]))
         drift_rows[m]["mse_without_reg"] = float(np.mean(
@@ -221,6 +238,18 @@ def main():
     print(markdown(report))
 
 
+def convergence(out, target_mse, sl) -> dict:
+    """Mean MSE curve ([0, 1] units) over the images in `sl`, and the steps each image needed to
+    reach its latent_opt MSE (`target_mse`, per image), from the engine's per-call history."""
+    hist = out["history"]["mse"][:, sl] / 4.0           # [calls, n]; methods log [-1, 1] MSE
+    steps = out["history_steps"]
+    reached = hist <= target_mse[sl][None]
+    first = np.where(reached.any(0), steps[np.argmax(reached, axis=0)], np.nan)
+    return dict(curve_steps=steps.tolist(), curve_mse=hist.mean(1).tolist(),
+                steps_to_latent_opt_mse=float(np.nanmean(first)) if reached.any() else
+                float("nan"), reached_latent_opt=float(reached.any(0).mean()))
+
+
 def _plain(o):
     """numpy scalars/arrays -> JSON."""
     return o.tolist() if hasattr(o, "tolist") else str(o)
@@ -231,13 +260,16 @@ def markdown(report) -> str:
              f"{report['steps']}"]
     for set_name, s in report["sets"].items():
         lines += ["", f"### {set_name} (n={s['n']})", "",
-                  "| method | MSE | PSNR | SSIM | LPIPS | iters | s/image | conv. | MSE(latent_opt)/MSE |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| method | MSE | PSNR | SSIM | LPIPS | iters | s/image | conv. | "
+                  "MSE(latent_opt)/MSE | steps to latent_opt MSE (reached) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for m, r in s["table"].items():
             lines.append(f"| {m} | {r['mse']:.5f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
                          f"{r['lpips']:.4f} | {r['iterations']:.0f} | {r['time_s_per_image']:.2f} | "
                          f"{r.get('converged', float('nan')):.2f} | "
-                         f"{r.get('mse_ratio_latent_opt_over_method', float('nan')):.1f} |")
+                         f"{r.get('mse_ratio_latent_opt_over_method', float('nan')):.1f} | "
+                         f"{r.get('steps_to_latent_opt_mse', float('nan')):.0f} "
+                         f"({r.get('reached_latent_opt', float('nan')):.2f}) |")
     d16 = report.get("drift_16_latents", {})
     if d16.get("rows"):
         lines += ["", f"Drift: mean LPIPS(G0(w_r), G_tuned(w_r)) over 16 random w_r, first "

@@ -147,6 +147,13 @@ def test_pti_masks_freeze_converged_images_exactly(pti_runs):
         np.testing.assert_array_equal(a[:2], b[:2])
         assert np.abs(a[2:] - b[2:]).max() > 0      # the others kept going
     np.testing.assert_array_equal(ref["recon"][:2], short["recon"][:2])
+    # the per-call history: 2 calls of K=2 steps; the last entry is the final metrics; a
+    # converged image's curve is flat after its stop, the others' MSE keeps falling
+    np.testing.assert_array_equal(ref["history_steps"], [2, 4])
+    assert ref["history"]["mse"].shape == (2, 8)
+    np.testing.assert_array_equal(ref["history"]["mse"][-1], ref["metrics"]["mse"])
+    np.testing.assert_array_equal(ref["history"]["mse"][0, :2], ref["history"]["mse"][1, :2])
+    assert np.all(ref["history"]["mse"][1, 2:] < ref["history"]["mse"][0, 2:])
 
 
 def test_pti_tunes_and_reduces_mse(pti_runs, setup):

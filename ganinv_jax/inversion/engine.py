@@ -30,6 +30,9 @@ Result keys (numpy arrays, leading axis B in input order):
   converged   [B] bool            the method's stop criterion was met
   failed      [B] bool            a step produced NaN/Inf (state kept from the last finite step)
   metrics     dict of [B]         the metrics of each image's last step
+  history     dict of [C, B]      the same metrics after each of the C compiled calls (a
+                                  convergence curve at K-step resolution; a stopped image repeats
+                                  its last value), with history_steps [C] = steps done per call
   + method-specific extras (e.g. 'noise' for latent_opt with noise optimization).
 """
 from __future__ import annotations
@@ -221,12 +224,15 @@ def invert_batch(method: base.Method, frozen: base.Frozen, images, image_ids,
     frozen = jax.device_put(frozen, repl)
     carry = init(*jax.device_put((keys, images[idx], latents[idx], jnp.asarray(active)), data),
                  frozen)
-    done_steps = 0
+    done_steps, history, history_steps = 0, [], []
     while done_steps < steps:
         n_allowed = jax.device_put(
             jnp.asarray(min(steps_per_call, steps - done_steps), jnp.int32), repl)
         carry = run(carry, n_allowed, frozen)
-        done_steps += steps_per_call
+        done_steps = min(done_steps + steps_per_call, steps)
+        # the host syncs here anyway (stop test); the metrics are a few floats per image
+        history.append(jax.device_get(carry["metrics"]))
+        history_steps.append(done_steps)
         if stop_early and bool(jnp.all(carry["done"] | carry["failed"])):
             break
     out = res(carry, frozen)
@@ -234,4 +240,7 @@ def invert_batch(method: base.Method, frozen: base.Frozen, images, image_ids,
     out.update(iterations=carry["iters"], converged=carry["done"] & ~carry["failed"],
                failed=carry["failed"], metrics=carry["metrics"])
     out = jax.tree_util.tree_map(lambda x: np.asarray(x)[:b], jax.device_get(out))
+    out["history"] = jax.tree_util.tree_map(lambda *xs: np.stack(xs)[:, :b], *history) \
+        if history else {}
+    out["history_steps"] = np.asarray(history_steps, np.int32)
     return out

@@ -289,7 +289,8 @@ def invert_local(ctx: Context, ids: Sequence[int], loaded: Optional[list] = None
     for k in records.METRIC_KEYS:
         rec[k] = np.where(bad, np.nan, np.asarray(mets[k], np.float64)).astype(np.float32)
     extras = {k: v for k, v in out.items() if k not in (
-        "latent", "recon", "tuned", "iterations", "converged", "failed", "metrics")}
+        "latent", "recon", "tuned", "iterations", "converged", "failed", "metrics", "history",
+        "history_steps")}
     for k, v in _flatten({"extra": extras}).items():
         rec[k] = np.asarray(v)
     return {"records": rec, "images": images, "recon": recon, "tuned": out.get("tuned")}
