@@ -204,25 +204,22 @@ def main():
         if not (int(batch) == 1 and strategy != "map")
         and not (strategy == "chunked" and int(batch) <= a.chunk)]
     rows = []
-    if True:
-        for model, method, strategy, batch in plan:
-            batch = int(batch)
-            if True:
-                if True:
-                    cmd = [sys.executable, __file__, "--one", f"{model}:{method}:{strategy}:{batch}",
-                           "--k", str(a.k), "--calls", str(a.calls), "--chunk", str(a.chunk)]
-                    if a.lpips:
-                        cmd.append("--lpips")
-                    p = subprocess.run(cmd, capture_output=True, text=True)
-                    line = p.stdout.strip().splitlines()[-1:] if p.returncode == 0 else []
-                    row = json.loads(line[0]) if line else dict(
-                        model=model, method=method, strategy=strategy, batch=batch,
-                        error=p.stderr.strip().splitlines()[-1:])
-                    rows.append(row)
-                    print(json.dumps(row), file=sys.stderr, flush=True)
-                    if a.out:
-                        with open(a.out, "w") as f:
-                            json.dump(summarize(rows), f, indent=1)
+    for model, method, strategy, batch in plan:
+        # a fresh process per row: its peak RSS and compile time are its own
+        cmd = [sys.executable, __file__, "--one", f"{model}:{method}:{strategy}:{batch}",
+               "--k", str(a.k), "--calls", str(a.calls), "--chunk", str(a.chunk)]
+        if a.lpips:
+            cmd.append("--lpips")
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        line = p.stdout.strip().splitlines()[-1:] if p.returncode == 0 else []
+        row = json.loads(line[0]) if line else dict(
+            model=model, method=method, strategy=strategy, batch=int(batch),
+            error=p.stderr.strip().splitlines()[-1:])
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(summarize(rows), f, indent=1)
     print(json.dumps(summarize(rows), indent=1))
 
 

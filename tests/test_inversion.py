@@ -308,6 +308,13 @@ def test_gmm_identity_start_and_sign(setup, gmm_state):
                                    gmm._get(theta0, path) - st["g"]["/".join(path)], rtol=1e-6)
     np.testing.assert_array_equal(theta["b4"]["const"], theta0["b4"]["const"])
     assert max(float(jnp.abs(v).max()) for v in st["g"].values()) > 0
+    # grad_norm='rms' rescales around the module: an identity module still gives θ0 - g
+    c_rms = c.copy_and_resolve_references()
+    c_rms.grad_norm = "rms"
+    theta_rms = gmm.tuned_params(st["phi"].fast, theta0, st["g"], c_rms)
+    for path in gmm.conv_paths(theta0):
+        np.testing.assert_allclose(gmm._get(theta_rms, path), gmm._get(theta, path), rtol=1e-5,
+                                   atol=1e-7)
     c = c.copy_and_resolve_references()
     c.sign = 1.0
     theta_p = gmm.tuned_params(st["phi"].fast, theta0, st["g"], c)

@@ -50,6 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.init_scale = 0.1
     c.sign = -1.0
     c.out_scale = 1.0
+    c.grad_norm = "none"            # 'none' (paper) | 'rms': M sees g / rms(g) per layer
     c.recompute_g = False
     c.l2_weight = 1.0
     c.lpips_weight = 1.0
@@ -126,12 +127,20 @@ def apply_module(blocks, h):
     return h
 
 
-def modify(blocks, grad):
-    """M_C applied to a conv-weight gradient [k, k, C, O] viewed as k*k*O vectors of length C."""
+def modify(blocks, grad, grad_norm: str = "none"):
+    """M_C applied to a conv-weight gradient [k, k, C, O] viewed as k*k*O vectors of length C.
+
+    grad_norm='rms' divides the layer's gradient by its RMS r before the module and multiplies
+    the output by r (so M(g) = g still at an identity module). Why: ScaleNorm discards the input's
+    magnitude, so for raw gradients (RMS ~1e-3 here) the block's input W1 g + b is all bias, the
+    correction it adds does not depend on g, and φ has to grow W1 ~100x before g can steer it."""
     k1, k2, c, o = grad.shape
-    vecs = jnp.transpose(grad, (0, 1, 3, 2)).reshape(-1, c)
+    if grad_norm not in ("none", "rms"):
+        raise ValueError(f"gmm: grad_norm must be 'none' or 'rms', got {grad_norm!r}")
+    r = jnp.sqrt(jnp.mean(jnp.square(grad))) + 1e-12 if grad_norm == "rms" else 1.0
+    vecs = jnp.transpose(grad / r, (0, 1, 3, 2)).reshape(-1, c)
     out = apply_module(blocks, vecs).reshape(k1, k2, o, c)
-    return jnp.transpose(out, (0, 1, 3, 2))
+    return r * jnp.transpose(out, (0, 1, 3, 2))
 
 
 def tuned_params(phi, theta0, grads, cfg):
@@ -139,7 +148,7 @@ def tuned_params(phi, theta0, grads, cfg):
     theta = theta0
     for mkey, paths in sharing_plan(theta0).items():
         for path in paths:
-            corr = modify(phi[mkey], grads["/".join(path)])
+            corr = modify(phi[mkey], grads["/".join(path)], cfg.grad_norm)
             theta = _set(theta, path, _get(theta0, path) + cfg.sign * cfg.out_scale * corr)
     return theta
 
