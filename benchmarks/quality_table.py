@@ -234,6 +234,8 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             json.dump(report, f, indent=1, default=_plain)
+        with open(a.out + ".md", "w") as f:
+            f.write(markdown(report) + "\n")
     print(json.dumps(report, indent=1, default=_plain))
     print(markdown(report))
 
