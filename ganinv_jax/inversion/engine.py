@@ -58,11 +58,12 @@ def auto_strategy(method: base.Method, backend: Optional[str] = None) -> str:
     """The 'auto' rule, from benchmarks/bench_inversion.py (numbers in the README, "Per-image inversion").
 
     GPU/TPU: 'vmap' (grouped convs are fast there and vmap fills the device).
-    CPU: 'map' for every method. Measured on XLA:CPU (2 cores, 32x32 StyleGAN2, batch 8, loop and
-    strategies timed round-robin): weight-tuning methods under vmap run their convs as grouped
-    convs with per-image kernels and fall to ~0.75-0.8x of the per-image loop (PTI, GMM); even
-    latent optimization (shared weights) measured vmap 0.91x and chunked 0.83x of the loop, while
-    lax.map stayed at 1.0-1.09x. `method` is kept in the signature for per-method rules.
+    CPU: 'map' for every method. Measured on XLA:CPU (2 cores; results/bench_grid_cpu.json):
+    weight-tuning methods under vmap run their convs as grouped convs with per-image kernels and
+    fall to 0.27-0.46x of the per-image loop at batch 16 (32x32) and 0.36-0.44x at batch 4
+    (64x64, 128 ch); even latent optimization (shared weights) is 0.84x / 0.63x; chunked sits
+    between; lax.map stays at 0.91-1.07x (32x32) and 1.11-1.15x (64x64). `method` is kept in the
+    signature for per-method rules.
     """
     backend = backend or jax.default_backend()
     del method
