@@ -232,14 +232,17 @@ def test_clone_local_loss_is_recon_plus_lambda_adv(setup):
     g, d = fr.g["params"], fr.d["params"]
 
     @jax.jit
-    def losses(local, lam):
+    def losses(local, lam, global_weight=1.0):
         cc = dict(c)
         return clone.g_loss(g, d, fr, ws, jnp.asarray(imgs[3]), local, z, jax.random.key(4),
-                            _Cfg(cc, lam=lam))
+                            _Cfg(cc, lam=lam, global_weight=global_weight))
 
     on, aux = losses(True, 10.0)
     off, _ = losses(False, 10.0)
     on20, aux20 = losses(True, 20.0)
+    # the global-loss ablation switch: weight 0 leaves exactly the local loss
+    on_local_only, _ = losses(True, 10.0, 0.0)
+    np.testing.assert_allclose(on_local_only, on - off, rtol=1e-4, atol=1e-5)
     x_star = base.synthesize(fr, ws[None])
     logit = base.discriminate(fr, jnp.concatenate([x_star, aux["fakes"]]))[0]
     recon = clone.pyramid.laplacian_pyramid_l1(jnp.asarray(imgs[3:4]), x_star)[0]

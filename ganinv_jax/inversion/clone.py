@@ -54,6 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.pyramid_levels = 5
     c.g_adv_local = "minimax"       # 'minimax' (paper's log(1 - D)) | 'nonsaturating'
     c.global_batch = 3
+    c.global_weight = 1.0           # 0 switches L_global (and D's R1) off: an ablation, not the paper
     c.lr = 0.002
     c.betas = (0.0, 0.99)
     c.r1_gamma = 10.0
@@ -109,7 +110,7 @@ def g_loss(g_params, d_params, frozen, ws, image, local, z, noise_key, cfg):
     recon = pyramid.laplacian_pyramid_l1(image[None], x_star, cfg.pyramid_levels)[0]
     local_loss = recon + cfg.lam * g_local_adv(logits[0], cfg.g_adv_local)
     global_loss = jnp.mean(gan_losses.g_nonsaturating_loss(logits[1:]))
-    loss = jnp.where(local, local_loss, 0.0) + global_loss
+    loss = jnp.where(local, local_loss, 0.0) + cfg.global_weight * global_loss
     return loss, dict(x_star=x_star, fakes=fakes, recon=recon, g_global=global_loss,
                       g_local=local_loss)
 
@@ -129,7 +130,7 @@ def d_loss(d_params, frozen, image, x_star, fakes, reals, local, t, cfg):
                           lambda x: jnp.mean(gan_losses.r1_penalty(d_fn, x)),
                           lambda x: jnp.zeros((), jnp.float32), real_batch)
     r1_term = gan_losses.lazy_reg_gain(cfg.r1_interval) * cfg.r1_gamma / 2.0 * r1
-    loss = jnp.where(local, local_loss, 0.0) + global_loss + r1_term
+    loss = jnp.where(local, local_loss, 0.0) + cfg.global_weight * (global_loss + r1_term)
     return loss, dict(d_global=global_loss, d_local=local_loss, r1=r1)
 
 
