@@ -190,10 +190,9 @@ def main():
                 table[m] = {k: float(np.mean(v[sl])) for k, v in r.items() if k != "time_s"}
                 # wall time of the whole batch (all sets) divided by its size
                 table[m]["time_s_per_image"] = r["time_s"] / len(ids)
-                if m in curves:
-                    table[m].update(convergence(curves[m], rows["latent_opt"]["mse"], sl))
-                    if m == "latent_opt":     # its own target: only the curve is meaningful
-                        del table[m]["steps_to_latent_opt_mse"], table[m]["reached_latent_opt"]
+                if m in curves:     # latent_opt is its own target: only its curve is meaningful
+                    target = None if m == "latent_opt" else rows["latent_opt"]["mse"]
+                    table[m].update(convergence(curves[m], target, sl))
             for m in ("clone", "gmm", "pti"):
                 if m in table:
                     table[m]["mse_ratio_latent_opt_over_method"] = \
@@ -241,15 +240,17 @@ def main():
 
 
 def convergence(out, target_mse, sl) -> dict:
-    """Mean MSE curve ([0, 1] units) over the images in `sl`, and the steps each image needed to
-    reach its latent_opt MSE (`target_mse`, per image), from the engine's per-call history."""
+    """Mean MSE curve ([0, 1] units) over the images in `sl` from the engine's per-call history,
+    and, given `target_mse` (latent_opt's MSE per image), the steps each image needed to reach it."""
     hist = out["history"]["mse"][:, sl] / 4.0           # [calls, n]; methods log [-1, 1] MSE
     steps = out["history_steps"]
-    reached = hist <= target_mse[sl][None]
-    first = np.where(reached.any(0), steps[np.argmax(reached, axis=0)], np.nan)
-    return dict(curve_steps=steps.tolist(), curve_mse=hist.mean(1).tolist(),
-                steps_to_latent_opt_mse=float(np.nanmean(first)) if reached.any() else
-                float("nan"), reached_latent_opt=float(reached.any(0).mean()))
+    res = dict(curve_steps=steps.tolist(), curve_mse=hist.mean(1).tolist())
+    if target_mse is not None:
+        reached = hist <= target_mse[sl][None]
+        first = np.where(reached.any(0), steps[np.argmax(reached, axis=0)], np.nan)
+        res.update(steps_to_latent_opt_mse=float(np.nanmean(first)) if reached.any() else
+                   float("nan"), reached_latent_opt=float(reached.any(0).mean()))
+    return res
 
 
 def _plain(o):
