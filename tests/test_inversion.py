@@ -354,3 +354,44 @@ def test_auto_strategy_rule():
         assert engine.auto_strategy(m, "cpu") == "map"
         assert engine.auto_strategy(m, "gpu") == "vmap"
         assert engine.auto_strategy(m, "tpu") == "vmap"
+
+
+# ----------------------------------------------------------------------------- LPIPS target cache
+
+
+@pytest.mark.parametrize("method", [latent_opt, pytest.param(pti, marks=pytest.mark.slow), gmm])
+def test_cached_lpips_target_gives_the_same_steps(setup, method):
+    """`cache_target_features` (the target's LPIPS features kept in the state) changes cost, not
+    results: two steps with real LPIPS weights match the uncached run, and the recorded LPIPS is
+    the concatenated-batch module's value."""
+    from ganinv_jax import losses
+    fr0, imgs = setup
+    fr = base.make_frozen(fr0.g_cfg, fr0.g, d_vars=fr0.d, lpips="vgg", w_stats_samples=512)
+    image, latent = jnp.asarray(imgs[3]), base.mean_latent(fr)
+
+    def two_steps(cache):
+        c = method.default_config()
+        c.cache_target_features = cache
+        if method is pti:
+            c.stop_lpips = -1.0
+        if method is latent_opt:
+            c.initial_noise_factor = 0.0     # step 1 then renders exactly G(latent)
+        st = method.init(jax.random.key(0), image, fr, latent, c)
+        if cache:
+            assert st["perc_target"] is not None and len(st["perc_target"]) == 5
+        else:
+            assert st["perc_target"] is None
+        st, m1 = method.step(st, fr, c)
+        st, m2 = method.step(st, fr, c)
+        return method.result(st, fr, c), m1, m2
+
+    run = jax.jit(two_steps, static_argnums=0)
+    (r_c, m1_c, m2_c), (r_u, m1_u, m2_u) = run(True), run(False)
+    np.testing.assert_allclose(r_c["recon"], r_u["recon"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m2_c["loss"], m2_u["loss"], rtol=1e-4)
+    assert float(jnp.max(jnp.abs(r_c["recon"] - base.synthesize(fr, latent[None])[0]))) > 1e-5 \
+        or method is latent_opt and float(jnp.max(jnp.abs(r_c["latent"] - latent))) > 1e-6
+    start = base.synthesize(fr, latent[None])
+    want = losses.lpips_apply(fr.lpips, start, image[None], net="vgg")[0]
+    if method is not gmm:   # GMM's first step already sees θ0 - M(g), not G(w)
+        np.testing.assert_allclose(m1_c["perceptual"], want, rtol=1e-4)

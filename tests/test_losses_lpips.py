@@ -117,3 +117,20 @@ def test_errors():
     L.lpips(jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16, 16, 3)), net="alex")
   with pytest.raises(FileNotFoundError, match="/nonexistent/w.ckpt"):
     L.load_lpips_params("vgg", path="/nonexistent/w.ckpt")
+
+
+@pytest.mark.parametrize("net", ["vgg", "alex"])
+def test_split_features_form_equals_module_value_and_gradient(net):
+  """lpips_from_features(features(x), features(y)) is LPIPS(x, y), and so is its x-gradient (the
+  inversion methods cache a target's features and differentiate w.r.t. x only)."""
+  params = L.load_lpips_params(net)
+  x = jnp.asarray(F.photos(64)[:2])
+  y = jnp.asarray(F.noisy(F.photos(64), 0.3)[:2])
+  split = lambda a, b: L.lpips_from_features(params, L.lpips_features(params, a, net=net),
+                                             L.lpips_features(params, b, net=net))
+  whole = lambda a, b: L.lpips_apply(params, a, b, net=net)
+  np.testing.assert_allclose(split(x, y), whole(x, y), rtol=1e-5, atol=1e-7)
+  assert float(jnp.min(whole(x, y))) > 0.05           # a real distance, not a trivial zero
+  gs = jax.grad(lambda a: jnp.sum(split(a, y)))(x)
+  gw = jax.grad(lambda a: jnp.sum(whole(a, y)))(x)
+  np.testing.assert_allclose(gs, gw, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(gw))))

@@ -149,28 +149,70 @@ def to_rgb(x: Array) -> Array:
     return jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 
 
+_PERCEPTUAL_KINDS = ("lpips", "pooled_l2", "none")
+
+
+def _check_perceptual(frozen: Frozen, kind: str) -> None:
+    if kind not in _PERCEPTUAL_KINDS:
+        raise ValueError(f"unknown perceptual loss {kind!r}: expected 'lpips', 'pooled_l2' or 'none'")
+    if kind == "lpips" and frozen.lpips is None:
+        raise ValueError("perceptual='lpips' but frozen.lpips is None (make_frozen(lpips='vgg'))")
+
+
+def _lpips_features(frozen: Frozen, x: Array) -> tuple[Array, ...]:
+    x = to_rgb(x)
+    if x.shape[1] < 16:     # VGG's minimum size: nearest-neighbour upsampling
+        f = -(-16 // x.shape[1])
+        x = jnp.repeat(jnp.repeat(x, f, 1), f, 2)
+    return losses.lpips_features(frozen.lpips, x, net=frozen.lpips_net)
+
+
+def perceptual_target(frozen: Frozen, y: Array, kind: str) -> PyTree:
+    """The part of `perceptual(frozen, x, y, kind)` that depends on y alone (LPIPS: its
+    normalized backbone features; pooled_l2: the pooled images; none: ()). A method computes it
+    once for its fixed target image and keeps it in its state (`cache_target_features`)."""
+    _check_perceptual(frozen, kind)
+    if kind == "lpips":
+        return _lpips_features(frozen, y)
+    if kind == "pooled_l2":
+        return (loss_common.avg_pool(y, 2), loss_common.avg_pool(y, 4))
+    return ()
+
+
+def perceptual_to_target(frozen: Frozen, x: Array, target: PyTree, kind: str) -> Array:
+    """`perceptual(frozen, x, y, kind)` given `target = perceptual_target(frozen, y, kind)`."""
+    _check_perceptual(frozen, kind)
+    if kind == "lpips":
+        return losses.lpips_from_features(frozen.lpips, _lpips_features(frozen, x), target)
+    if kind == "pooled_l2":
+        return 0.5 * (loss_common.mse(loss_common.avg_pool(x, 2), target[0])
+                      + loss_common.mse(loss_common.avg_pool(x, 4), target[1]))
+    return jnp.zeros((x.shape[0],), jnp.float32)
+
+
 def perceptual(frozen: Frozen, x: Array, y: Array, kind: str) -> Array:
     """Perceptual distance per image [N] between NHWC batches in [-1, 1].
 
     kind='lpips': LPIPS v0.1 with the real weights in `frozen.lpips` (images < 16 px are
     upsampled by nearest neighbour to 16, VGG's minimum); 'pooled_l2': a cheap stand-in for
     tests and engine benchmarks (mean of MSEs of 2x, 4x average-pooled images; NOT LPIPS);
-    'none': zeros.
+    'none': zeros. x and y go through the backbone separately: a gradient w.r.t. x alone then
+    costs no backward pass over y (the 2N-batch form would run it over both halves).
     """
-    if kind == "none":
-        return jnp.zeros((x.shape[0],), jnp.float32)
-    if kind == "pooled_l2":
-        return 0.5 * (loss_common.mse(loss_common.avg_pool(x, 2), loss_common.avg_pool(y, 2))
-                      + loss_common.mse(loss_common.avg_pool(x, 4), loss_common.avg_pool(y, 4)))
-    if kind == "lpips":
-        if frozen.lpips is None:
-            raise ValueError("perceptual='lpips' but frozen.lpips is None (make_frozen(lpips='vgg'))")
-        x, y = to_rgb(x), to_rgb(y)
-        if x.shape[1] < 16:
-            f = -(-16 // x.shape[1])
-            x, y = (jnp.repeat(jnp.repeat(a, f, 1), f, 2) for a in (x, y))
-        return losses.LPIPS(frozen.lpips_net).apply({"params": frozen.lpips}, x, y)
-    raise ValueError(f"unknown perceptual loss {kind!r}: expected 'lpips', 'pooled_l2' or 'none'")
+    return perceptual_to_target(frozen, x, perceptual_target(frozen, y, kind), kind)
+
+
+def cache_target(frozen: Frozen, target: Array, kind: str, enabled: bool) -> Optional[PyTree]:
+    """For a method's `init`: the target's `perceptual_target` when `enabled`, else None."""
+    return perceptual_target(frozen, target, kind) if enabled else None
+
+
+def perceptual_to_image(frozen: Frozen, x: Array, target: Array, cached: Optional[PyTree],
+                        kind: str) -> Array:
+    """`perceptual(frozen, x, target, kind)`, reusing `cached` (from `cache_target`) if given."""
+    if cached is None:
+        cached = perceptual_target(frozen, target, kind)
+    return perceptual_to_target(frozen, x, cached, kind)
 
 
 def mse1(x: Array, y: Array) -> Array:

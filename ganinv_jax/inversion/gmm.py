@@ -55,6 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.l2_weight = 1.0
     c.lpips_weight = 1.0
     c.perceptual = "lpips"          # 'lpips' | 'pooled_l2' | 'none'
+    c.cache_target_features = True  # keep the target's LPIPS features in the state (see base)
     c.id_weight = 0.0
     c.reg_weight = 1.0
     c.reg_samples = 1
@@ -156,16 +157,16 @@ def tuned_params(phi, theta0, grads, cfg):
 # ----------------------------------------------------------------------------- losses
 
 
-def _rec_loss(frozen, params, ws, image, cfg):
+def _rec_loss(frozen, params, ws, image, cfg, perc_target=None):
     img = base.synthesize(frozen, ws[None], params)
     l2 = jnp.mean(jnp.square(img - image[None]))
-    lp = base.perceptual(frozen, img, image[None], cfg.perceptual)[0]
+    lp = base.perceptual_to_image(frozen, img, image[None], perc_target, cfg.perceptual)[0]
     return cfg.l2_weight * l2 + cfg.lpips_weight * lp, (img, l2, lp)
 
 
-def conv_grads(frozen, params, ws, image, cfg):
+def conv_grads(frozen, params, ws, image, cfg, perc_target=None):
     """g: {path: ∂L_rec/∂θ} for the conv weights at `params` (stop-gradient)."""
-    g = jax.grad(lambda p: _rec_loss(frozen, p, ws, image, cfg)[0])(params)
+    g = jax.grad(lambda p: _rec_loss(frozen, p, ws, image, cfg, perc_target)[0])(params)
     g = jax.lax.stop_gradient(g)
     return {"/".join(p): _get(g, p) for p in conv_paths(params)}
 
@@ -183,8 +184,10 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
     keys = jax.random.split(kphi, len(widths))
     phi = {module_key(c): init_module(k, c, cfg) for k, c in zip(keys, widths)}
     phi = optax.LookaheadParams.init_synced(phi)
+    perc_target = base.cache_target(frozen, image[None], cfg.perceptual, cfg.cache_target_features)
     return dict(t=jnp.asarray(0, jnp.int32), key=key, image=image, ws=ws, phi=phi,
-                opt=_tx(cfg).init(phi), g=conv_grads(frozen, theta0, ws, image, cfg))
+                opt=_tx(cfg).init(phi), perc_target=perc_target,
+                g=conv_grads(frozen, theta0, ws, image, cfg, perc_target))
 
 
 def step(state, frozen: base.Frozen, cfg):
@@ -194,7 +197,7 @@ def step(state, frozen: base.Frozen, cfg):
 
     def loss_fn(fast):
         theta = tuned_params(fast, theta0, state["g"], cfg)
-        rec, (img, l2, lp) = _rec_loss(frozen, theta, ws, image, cfg)
+        rec, (img, l2, lp) = _rec_loss(frozen, theta, ws, image, cfg, state["perc_target"])
         idl = jnp.zeros((), jnp.float32)
         if cfg.id_weight > 0:
             if frozen.id_loss is None:
@@ -217,7 +220,7 @@ def step(state, frozen: base.Frozen, cfg):
     new = dict(state, t=state["t"] + 1, key=key, phi=phi, opt=opt)
     if cfg.recompute_g:
         theta = tuned_params(phi.fast, theta0, state["g"], cfg)
-        new["g"] = conv_grads(frozen, theta, ws, image, cfg)
+        new["g"] = conv_grads(frozen, theta, ws, image, cfg, state["perc_target"])
     return new, metrics
 
 

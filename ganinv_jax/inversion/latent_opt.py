@@ -41,6 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.mse_weight = 1.0
     c.perceptual_weight = 1.0
     c.perceptual = "lpips"         # 'lpips' | 'pooled_l2' | 'none'
+    c.cache_target_features = True  # keep the target's LPIPS features in the state (see base)
     c.stop_mse = -1.0              # < 0: never stop early
     return c
 
@@ -82,8 +83,16 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
         ks = jax.random.split(kn, len(shapes))
         noise = {n: jax.random.normal(k, s) for k, (n, s) in zip(ks, sorted(shapes.items()))}
     params = {"w": w, "noise": noise}
+    perc_target = base.cache_target(frozen, _perceptual_input(image), cfg.perceptual,
+                                    cfg.cache_target_features)
     return dict(t=jnp.asarray(0, jnp.int32), key=key, image=image, params=params,
+                perc_target=perc_target,
                 opt=optax.scale_by_adam(0.9, 0.999, 1e-8).init(params))
+
+
+def _perceptual_input(img):
+    """[H, W, C] -> [1, h, w, C] pooled to <= 256 px, as the projector feeds LPIPS."""
+    return loss_common.pool_to_max_size(img[None], 256)
 
 
 def _render(frozen, params, noise_offset=0.0):
@@ -105,8 +114,8 @@ def step(state, frozen: base.Frozen, cfg):
         offset = jax.random.normal(kw, params["w"].shape) * w_noise_scale
         img = _render(frozen, params, offset)
         mse = base.mse1(img, target)
-        x, y = (loss_common.pool_to_max_size(a[None], 256) for a in (img, target))
-        perc = base.perceptual(frozen, x, y, cfg.perceptual)[0]
+        perc = base.perceptual_to_image(frozen, _perceptual_input(img), _perceptual_input(target),
+                                        state["perc_target"], cfg.perceptual)[0]
         reg = noise_regularizer(params["noise"])
         loss = cfg.mse_weight * mse + cfg.perceptual_weight * perc + cfg.noise_reg_weight * reg
         return loss, dict(loss=loss, mse=mse, perceptual=perc, noise_reg=reg, lr=lr)

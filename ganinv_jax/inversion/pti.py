@@ -32,6 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.l2_weight = 1.0
     c.lpips_weight = 1.0
     c.perceptual = "lpips"          # 'lpips' | 'pooled_l2' | 'none'
+    c.cache_target_features = True  # keep the target's LPIPS features in the state (see base)
     c.reg_weight = 1.0              # 0 disables the locality regularizer
     c.reg_interval = 1
     c.reg_samples = 1
@@ -51,6 +52,8 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
     params = frozen.g["params"]["synthesis"]
     return dict(t=jnp.asarray(0, jnp.int32), key=key, image=image,
                 ws=base.check_latent(init_latent, frozen.g_cfg), params=params,
+                perc_target=base.cache_target(frozen, image[None], cfg.perceptual,
+                                              cfg.cache_target_features),
                 opt=_tx(cfg).init(params))
 
 
@@ -79,7 +82,8 @@ def step(state, frozen: base.Frozen, cfg):
     def loss_fn(params):
         img = base.synthesize(frozen, state["ws"][None], params)
         l2 = jnp.mean(jnp.square(img - target))
-        lp = base.perceptual(frozen, img, target, cfg.perceptual)[0]
+        lp = base.perceptual_to_image(frozen, img, target, state["perc_target"],
+                                      cfg.perceptual)[0]
         loss = cfg.l2_weight * l2 + cfg.lpips_weight * lp
         reg = jnp.zeros((), jnp.float32)
         if cfg.reg_weight > 0:

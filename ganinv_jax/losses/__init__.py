@@ -14,7 +14,8 @@ from ganinv_jax.losses.gan import (d_logistic_loss, g_nonsaturating_loss, lazy_a
                                    r1_penalty, stylegan2_d_loss, stylegan2_global_loss)
 from ganinv_jax.losses.gradcam import (convert_torchvision_vgg16, crop_and_resize, gradcam_heatmap,
                                        heatmap_box, vgg16_classifier_logits)
-from ganinv_jax.losses.perceptual import LPIPS, load_lpips_params, lpips, lpips_apply
+from ganinv_jax.losses.perceptual import (LPIPS, load_lpips_params, lpips, lpips_apply,
+                                         lpips_features, lpips_from_features)
 from ganinv_jax.losses.metrics import report, summarize, summarize_all, write_report
 from ganinv_jax.losses.mmd import mmd_rbf, rbf_kernel
 from ganinv_jax.losses.pyramid import laplacian_pyramid, laplacian_pyramid_l1

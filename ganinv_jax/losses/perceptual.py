@@ -257,5 +257,28 @@ def backbone_features(params: Params, x: jax.Array, *, net: str = "vgg",
   return module.apply({"params": params["backbone"]}, scale_input(x).astype(dtype))
 
 
+def lpips_features(params: Params, x: jax.Array, *, net: str = "vgg",
+                   dtype: Any = jnp.float32) -> tuple[jax.Array, ...]:
+  """The unit-normalized LPIPS tap features of [-1, 1] images (float32, one array per tap).
+
+  With `lpips_from_features` this splits LPIPS(x, y) into two backbone calls, so a fixed target's
+  features can be computed once and reused, and a gradient w.r.t. x does not run the backbone's
+  backward pass over y as the concatenated 2N-batch `LPIPS` module does."""
+  net = canonical_net(net)
+  acts = backbone_features(params, x, net=net, dtype=dtype)
+  taps = VGG16_TAPS if net == "vgg" else ALEX_CONVS
+  return tuple(_unit_normalize(acts[t].astype(jnp.float32)) for t in taps)
+
+
+def lpips_from_features(params: Params, fx: Sequence[jax.Array],
+                        fy: Sequence[jax.Array]) -> jax.Array:
+  """LPIPS [N] from two `lpips_features` outputs (the same value as `LPIPS` on the images)."""
+  total = 0.0
+  for i, (a, b) in enumerate(zip(fx, fy)):
+    d = jnp.square(a - b) @ params[f"lin{i}"]["kernel"].astype(jnp.float32)    # [N, h, w, 1]
+    total = total + jnp.mean(d, axis=(1, 2, 3))
+  return total
+
+
 def available_nets() -> Sequence[str]:
   return tuple(sorted(set(_NET_ALIASES.values())))
