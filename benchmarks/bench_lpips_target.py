@@ -7,10 +7,9 @@ For each method, one image (the per-image loop, 'map' at batch 1), the engine's 
 compiled three times in ONE process and timed round-robin (other jobs on the host slow all three
 alike):
   * concat: LPIPS as the `losses.LPIPS` module computes it, x and y concatenated into one 2N batch
-    (the inversion methods' implementation before target caching). Its gradient w.r.t. x runs the
-    backbone's backward pass over the whole 2N batch, y included;
+    (the inversion methods' implementation before target caching);
   * split: x and y through the backbone separately (`cache_target_features=False`): y's forward
-    is recomputed every step, but nothing is back-propagated through it;
+    is recomputed every step;
   * cached: the target's features computed once in `init` and kept in the state (the default).
 Reported: ms per image-step (median call), and each variant's speed-up over concat. Random
 weights of the `bench_inversion.py` models (speed does not depend on training), real LPIPS-VGG.

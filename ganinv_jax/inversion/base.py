@@ -196,8 +196,8 @@ def perceptual(frozen: Frozen, x: Array, y: Array, kind: str) -> Array:
     kind='lpips': LPIPS v0.1 with the real weights in `frozen.lpips` (images < 16 px are
     upsampled by nearest neighbour to 16, VGG's minimum); 'pooled_l2': a cheap stand-in for
     tests and engine benchmarks (mean of MSEs of 2x, 4x average-pooled images; NOT LPIPS);
-    'none': zeros. x and y go through the backbone separately: a gradient w.r.t. x alone then
-    costs no backward pass over y (the 2N-batch form would run it over both halves).
+    'none': zeros. x and y go through the backbone separately, so that y's half
+    (`perceptual_target`) can be computed once for a fixed target.
     """
     return perceptual_to_target(frozen, x, perceptual_target(frozen, y, kind), kind)
 

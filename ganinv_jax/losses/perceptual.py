@@ -262,8 +262,7 @@ def lpips_features(params: Params, x: jax.Array, *, net: str = "vgg",
   """The unit-normalized LPIPS tap features of [-1, 1] images (float32, one array per tap).
 
   With `lpips_from_features` this splits LPIPS(x, y) into two backbone calls, so a fixed target's
-  features can be computed once and reused, and a gradient w.r.t. x does not run the backbone's
-  backward pass over y as the concatenated 2N-batch `LPIPS` module does."""
+  features can be computed once and reused (the inversion methods keep them in their state)."""
   net = canonical_net(net)
   acts = backbone_features(params, x, net=net, dtype=dtype)
   taps = VGG16_TAPS if net == "vgg" else ALEX_CONVS

@@ -1,0 +1,118 @@
+"""Grid sweep of one method's config on a few held-out images of the default model (JSON).
+
+    python benchmarks/sweep_method.py --method gmm --grid lr=1e-3,3e-3,1e-2 init_scale=0.1,0.01
+    python benchmarks/sweep_method.py --method clone --grid p=0.25,0.5,1.0 lam=0,1,10 --steps 100
+
+Same data and pipeline as `quality_table.py`: the first `--n` Fashion-MNIST test images and
+`--ood` scikit-image photos, InvGAN encoder -> latent_opt (`--pivot-steps`, the pivot) -> the
+method at every point of the grid (the cartesian product of the `KEY=V1,V2,..` arguments over
+the method's default config), each run from the same pivot. Per point: mean final MSE ([0, 1]
+images) per set, its ratio to the pivot's MSE (> 1: the method improved on latent_opt), the
+mean MSE curve, iterations and failed images. The papers' lost or per-domain hyper-parameters
+(GMM's lr and init scale, Clone's p and λ) are chosen with this, on images outside the table.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--grid", nargs="+", default=[], help="KEY=V1,V2,... (cartesian product)")
+    ap.add_argument("--n", type=int, default=2, help="Fashion-MNIST test images")
+    ap.add_argument("--first", type=int, default=0,
+                    help="index of the first test image (keep sweeps off the table's images)")
+    ap.add_argument("--ood", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--pivot-steps", type=int, default=200)
+    ap.add_argument("--steps-per-call", type=int, default=10)
+    ap.add_argument("--reals", type=int, default=512)
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+
+    import jax.numpy as jnp
+    from ganinv_jax import inversion as inv
+    from ganinv_jax.inversion import base
+    import quality_table as qt
+
+    g_cfg, gv, dv, encode, g_name = qt.load_generator(False)
+    sets = {"fashion_mnist_test": qt.fashion_mnist_test(a.first + a.n, g_cfg.resolution)[a.first:]}
+    if a.ood:
+        sets["ood_skimage"] = qt.ood_photos(a.ood, g_cfg.resolution)
+    names = list(sets)
+    images = np.concatenate([sets[k] for k in names]).astype(np.float32)
+    bounds = np.cumsum([0] + [len(sets[k]) for k in names])
+    ids = np.arange(len(images))
+    from ganinv_jax.data import fashion_mnist
+    from ganinv_jax.data.pipeline import to_model_range
+    reals = to_model_range(fashion_mnist.load_fashion_mnist(
+        "train", resolution=g_cfg.resolution, channels=3)[:a.reals])
+    frozen = inv.make_frozen(g_cfg, gv, d_vars=dv, lpips="vgg", reals=reals)
+
+    def per_set(mse):
+        return {k: float(np.mean(mse[bounds[i]:bounds[i + 1]])) for i, k in enumerate(names)}
+
+    def final_mse(recon):
+        return np.mean((np.clip(recon, -1, 1) - images) ** 2, axis=(1, 2, 3)) / 4.0
+
+    start = inv.init_latents.from_encoder(encode, images, frozen) if encode else None
+    lo_cfg = inv.METHODS["latent_opt"].default_config()
+    lo_cfg.num_steps = a.pivot_steps
+    lo_cfg.initial_noise_factor = 0.0 if encode else 0.05
+    lo = qt.run_method("latent_opt", frozen, images, ids, start, lo_cfg, a.pivot_steps, "auto",
+                       a.steps_per_call)
+    pivot_mse = final_mse(lo["recon"])
+    keys = [kv.split("=")[0] for kv in a.grid]
+    values = [[_value(v) for v in kv.split("=", 1)[1].split(",")] for kv in a.grid]
+    report = dict(method=a.method, generator=g_name, steps=a.steps, pivot_steps=a.pivot_steps,
+                  sets={k: int(len(v)) for k, v in sets.items()}, first_test_image=a.first,
+                  pivot_mse=per_set(pivot_mse), command=" ".join(sys.argv),
+                  load_avg_at_start=os.getloadavg()[0], points=[])
+    for point in itertools.product(*values):
+        cfg = inv.METHODS[a.method].default_config()
+        for k, v in zip(keys, point):
+            if k not in cfg:
+                raise SystemExit(f"sweep_method: {a.method} config has no key {k!r}")
+            old = getattr(cfg, k)
+            setattr(cfg, k, str(v).lower() in ("1", "true") if isinstance(old, bool)
+                    else type(old)(v))
+        cfg.num_steps = a.steps
+        t = time.perf_counter()
+        out = qt.run_method(a.method, frozen, images, ids, lo["latent"], cfg, a.steps, "auto",
+                            a.steps_per_call)
+        mse = final_mse(out["recon"])
+        row = dict(zip(keys, point), mse=per_set(mse),
+                   pivot_over_mse={k: report["pivot_mse"][k] / max(v, 1e-12)
+                                   for k, v in per_set(mse).items()},
+                   curve_steps=out["history_steps"].tolist(),
+                   curve_mse=(out["history"]["mse"].mean(1) / 4.0).tolist(),
+                   iterations=float(np.mean(out["iterations"])),
+                   failed=int(np.sum(out["failed"])), wall_s=time.perf_counter() - t)
+        report["points"].append(row)
+        print(json.dumps({k: row[k] for k in keys + ["mse", "pivot_over_mse", "failed"]}),
+              flush=True)
+        if a.out:      # partial results survive an interrupted sweep
+            with open(a.out, "w") as f:
+                json.dump(report, f, indent=1)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
