@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ganinv_jax import inversion as inv
-from ganinv_jax.inversion import base, gmm, pti
+from ganinv_jax.inversion import base, gmm
 from ganinv_jax import losses
 from ganinv_jax.models import stylegan2 as sg2
 
@@ -65,6 +65,14 @@ def fashion_mnist_test(n: int, res: int) -> np.ndarray:
     from ganinv_jax.data import fashion_mnist
     from ganinv_jax.data.pipeline import to_model_range
     return to_model_range(fashion_mnist.load_fashion_mnist("test", resolution=res, channels=3)[:n])
+
+
+def clone_reals(n: int, res: int) -> np.ndarray:
+    """Clone's global loss takes real samples from G's training distribution: FMNIST TRAIN images."""
+    from ganinv_jax.data import fashion_mnist
+    from ganinv_jax.data.pipeline import to_model_range
+    return to_model_range(fashion_mnist.load_fashion_mnist("train", resolution=res,
+                                                           channels=3)[:n])
 
 
 def ood_photos(n: int, res: int) -> np.ndarray:
@@ -145,12 +153,8 @@ def main():
     sets = {"fashion_mnist_test": fashion_mnist_test(a.n, g_cfg.resolution)}
     if a.ood:
         sets["ood_skimage"] = ood_photos(a.ood, g_cfg.resolution)
-    # Clone's global loss takes real samples from G's training distribution: FMNIST TRAIN images.
-    from ganinv_jax.data import fashion_mnist
-    from ganinv_jax.data.pipeline import to_model_range
-    reals = to_model_range(fashion_mnist.load_fashion_mnist(
-        "train", resolution=g_cfg.resolution, channels=3)[:a.reals])
-    frozen = inv.make_frozen(g_cfg, gv, d_vars=dv, lpips="vgg", reals=reals)
+    frozen = inv.make_frozen(g_cfg, gv, d_vars=dv, lpips="vgg",
+                             reals=clone_reals(a.reals, g_cfg.resolution))
     s = lambda n: max(1, int(round(n * a.steps_scale)))
     steps = dict(latent_opt=s(300), pti=s(200), clone=s(300), gmm=s(200))
     steps.update({k: int(v) for k, v in (kv.split("=") for kv in a.steps.split(",") if kv)})

@@ -47,9 +47,7 @@ def main():
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
-    import jax.numpy as jnp
     from ganinv_jax import inversion as inv
-    from ganinv_jax.inversion import base
     import quality_table as qt
 
     g_cfg, gv, dv, encode, g_name = qt.load_generator(False)
@@ -60,17 +58,14 @@ def main():
     images = np.concatenate([sets[k] for k in names]).astype(np.float32)
     bounds = np.cumsum([0] + [len(sets[k]) for k in names])
     ids = np.arange(len(images))
-    from ganinv_jax.data import fashion_mnist
-    from ganinv_jax.data.pipeline import to_model_range
-    reals = to_model_range(fashion_mnist.load_fashion_mnist(
-        "train", resolution=g_cfg.resolution, channels=3)[:a.reals])
-    frozen = inv.make_frozen(g_cfg, gv, d_vars=dv, lpips="vgg", reals=reals)
+    frozen = inv.make_frozen(g_cfg, gv, d_vars=dv, lpips="vgg",
+                             reals=qt.clone_reals(a.reals, g_cfg.resolution))
 
     def per_set(mse):
         return {k: float(np.mean(mse[bounds[i]:bounds[i + 1]])) for i, k in enumerate(names)}
 
-    def final_mse(recon):
-        return np.mean((np.clip(recon, -1, 1) - images) ** 2, axis=(1, 2, 3)) / 4.0
+    def final_mse(recon):      # the table's metric: [0, 1] images, reconstruction clipped
+        return qt.quality(frozen, images, recon)["mse"]
 
     start = inv.init_latents.from_encoder(encode, images, frozen) if encode else None
     lo_cfg = inv.METHODS["latent_opt"].default_config()

@@ -16,7 +16,6 @@ statistics. It is broadcast (`in_axes=None` / replicated over the mesh), never s
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, NamedTuple, Optional
 
 import flax
