@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ganinv_jax.ops import conv as conv_ops
+
 SQRT2 = math.sqrt(2.0)
 DEFAULT_FIR = (1, 3, 3, 1)
 
@@ -120,27 +122,15 @@ def downsample2d(x: jax.Array, taps: np.ndarray) -> jax.Array:
 
 
 def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, padding=0) -> jax.Array:
-    """Plain NHWC x HWIO correlation (what torch's conv2d computes)."""
-    if isinstance(padding, int):
-        padding = ((padding, padding), (padding, padding))
-    return jax.lax.conv_general_dilated(
-        x, w.astype(x.dtype), window_strides=(stride, stride), padding=padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    """Plain NHWC x HWIO correlation (what torch's conv2d computes); form per `ops.conv`."""
+    return conv_ops.conv2d(x, w, stride=stride, padding=padding)
 
 
 def conv_transpose2x(x: jax.Array, w: jax.Array) -> jax.Array:
-    """torch `conv_transpose2d(x, W', stride=2, padding=0)` for a HWIO kernel `w`.
-
-    Both reference implementations pass the conv weight with in/out swapped and *not*
-    spatially flipped to conv_transpose2d. A transposed convolution is a correlation of the
-    zero-dilated input with the spatially flipped kernel, padded by k - 1.
-    Output size: 2 * H + k - 2 (e.g. 2H + 1 for k = 3).
-    """
-    k = w.shape[0]
-    return jax.lax.conv_general_dilated(
-        x, w[::-1, ::-1].astype(x.dtype), window_strides=(1, 1),
-        padding=((k - 1, k - 1), (k - 1, k - 1)), lhs_dilation=(2, 2),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    """torch `conv_transpose2d(x, W', stride=2, padding=0)` for a HWIO kernel `w` (in/out
+    swapped, not flipped, as both reference implementations pass it); see `ops.conv`.
+    Output size: 2 * H + k - 2 (e.g. 2H + 1 for k = 3)."""
+    return conv_ops.conv_transpose2x(x, w)
 
 
 def conv2d_resample(x: jax.Array, w: jax.Array, taps: np.ndarray, *, up: int = 1,

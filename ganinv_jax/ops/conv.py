@@ -1,0 +1,141 @@
+"""Convolutions with a backend switch: XLA's native conv, or explicit patches + matmul.
+
+Why two forms (measured on this project's 2-core CPUs, numbers in benchmarks/results/
+profile_tuning_step.md):
+  * XLA:CPU computes conv *weight* gradients tens of times slower inside while loops
+    (`lax.scan`, `lax.map`, `fori_loop` -- the inversion engine runs every method step in one),
+    and per-image kernels under `jax.vmap` become grouped convolutions that run 6-20x slower.
+  * The same convolution written as patches (`im2col`: k*k shifted slices concatenated on the
+    channel axis) times the reshaped kernel is one GEMM. Its gradients are GEMMs plus pads and
+    slices (autodiff of slicing), under any loop; under `vmap` with per-image kernels the GEMM
+    becomes a batched GEMM instead of a grouped conv.
+  * The stride-2 transposed conv (StyleGAN2's up-sampling conv) as an lhs-dilated conv wastes
+    3/4 of its multiplies on inserted zeros and its weight gradient is slow even outside loops.
+    Here it is one GEMM that produces the k*k tap planes, placed on the output grid with
+    interior padding (`col2im`): no multiply by an inserted zero, every gradient a GEMM.
+
+On GPU/TPU the native convolutions are fast (cuDNN / the TPU conv unit), so `impl='auto'` picks
+'matmul' on CPU and 'native' elsewhere. Both forms compute the same sums (tests check values and
+gradients to float32 rounding); only the order of additions differs.
+
+Selecting the form: `impl=` on a call, or `with conv.use_impl('native'): ...` around tracing, or
+the environment variable GANINV_CONV_IMPL=native|matmul|auto. The choice is read at trace time:
+jit-compiled functions keep the form they were traced with.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from typing import Iterator, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ("native", "matmul")
+_ENV = "GANINV_CONV_IMPL"
+_override: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("conv_impl",
+                                                                          default=None)
+
+Padding = Union[int, Sequence[tuple[int, int]]]
+
+
+def resolve_impl(impl: Optional[str] = None, backend: Optional[str] = None) -> str:
+    """'native' | 'matmul' for this call: explicit `impl`, else `use_impl`, else the env var,
+    else 'auto' (matmul on CPU, native on GPU/TPU)."""
+    impl = impl or _override.get() or os.environ.get(_ENV) or "auto"
+    if impl == "auto":
+        return "matmul" if (backend or jax.default_backend()) == "cpu" else "native"
+    if impl not in IMPLS:
+        raise ValueError(f"unknown conv impl {impl!r}: expected one of {IMPLS} or 'auto'")
+    return impl
+
+
+@contextlib.contextmanager
+def use_impl(impl: str) -> Iterator[None]:
+    """Context in which every conv traced uses `impl` ('native' | 'matmul' | 'auto')."""
+    if impl != "auto" and impl not in IMPLS:
+        raise ValueError(f"unknown conv impl {impl!r}: expected one of {IMPLS} or 'auto'")
+    token = _override.set(impl)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def _pad_pairs(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
+    if isinstance(padding, int):
+        return (padding, padding), (padding, padding)
+    (a, b), (c, d) = padding
+    return (int(a), int(b)), (int(c), int(d))
+
+
+def im2col(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
+    """[N,H,W,C] (already padded) -> [N,Ho,Wo,kh*kw*C], patch order (kh, kw, C) = HWIO's."""
+    n, h, w, c = x.shape
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    cols = [lax.slice(x, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                      (1, stride, stride, 1))
+            for i in range(kh) for j in range(kw)]
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def _matmul_last(x: jax.Array, w2d: jax.Array) -> jax.Array:
+    """x [..., K] @ w2d [K, O] as one dot_general (a batched GEMM when vmapped over w)."""
+    return lax.dot_general(x, w2d.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, padding: Padding = 0,
+           impl: Optional[str] = None) -> jax.Array:
+    """NHWC x HWIO correlation (torch's conv2d), zero padding ((top, bottom), (left, right))."""
+    (pt, pb), (pl, pr) = _pad_pairs(padding)
+    w = w.astype(x.dtype)
+    if resolve_impl(impl) == "native":
+        return lax.conv_general_dilated(x, w, (stride, stride), ((pt, pb), (pl, pr)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    kh, kw, cin, cout = w.shape
+    if (pt, pb, pl, pr) != (0, 0, 0, 0):
+        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    if kh == kw == 1:
+        return _matmul_last(x[:, ::stride, ::stride, :], w.reshape(cin, cout))
+    return _matmul_last(im2col(x, kh, kw, stride), w.reshape(kh * kw * cin, cout))
+
+
+def conv_transpose2x(x: jax.Array, w: jax.Array, *, impl: Optional[str] = None) -> jax.Array:
+    """torch `conv_transpose2d(x, W', stride=2, padding=0)` for a HWIO kernel `w`.
+
+    Both StyleGAN2 lineages hand the conv weight to conv_transpose2d with in/out swapped and
+    not flipped. Output size 2H + k - 2. Each input pixel i adds x[i] * w[a] to output 2i + a:
+      native: a correlation of the zero-dilated input with the flipped kernel, padded by k - 1;
+      matmul: taps = x @ w (one GEMM, [N,H,W,k,k,O]), then tap (a, b) is laid on the output
+              grid with interior padding 1 and edge padding (a, k-1-a) x (b, k-1-b), and summed.
+    """
+    k = w.shape[0]
+    w = w.astype(x.dtype)
+    if resolve_impl(impl) == "native":
+        return lax.conv_general_dilated(
+            x, w[::-1, ::-1], window_strides=(1, 1), padding=((k - 1, k - 1), (k - 1, k - 1)),
+            lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    n, h, wd, cin = x.shape
+    cout = w.shape[-1]
+    w2d = jnp.transpose(w, (2, 0, 1, 3)).reshape(cin, k * k * cout)      # [C, (a, b, O)]
+    taps = _matmul_last(x, w2d).reshape(n, h, wd, k, k, cout)
+    zero = jnp.zeros((), x.dtype)
+    out = None
+    for a in range(k):
+        for b in range(k):
+            placed = lax.pad(taps[:, :, :, a, b, :], zero,
+                             ((0, 0, 0), (a, k - 1 - a, 1), (b, k - 1 - b, 1), (0, 0, 0)))
+            out = placed if out is None else out + placed
+    return out
+
+
+def max_pool2x2(x: jax.Array, *, impl: Optional[str] = None) -> jax.Array:
+    """2x2 / stride-2 max pool (floor), NHWC. The matmul form is a reshape + max, whose gradient
+    is a mask multiply; the native `reduce_window` gradient is XLA's select-and-scatter."""
+    if resolve_impl(impl) == "native":
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+    return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
