@@ -108,20 +108,32 @@ def _per_image_init(method, cfg):
     return init_one
 
 
-def _per_image_run(method, cfg, k: int):
-    def step_one(c, frozen):
+def _per_image_run(method, cfg, k: int, skip_inactive: bool):
+    """One image's K-step scan. skip_inactive: a `lax.cond` skips the step of a stopped image
+    (the 'map' strategy: a real branch). Under `vmap` a cond with a per-image predicate becomes a
+    select that also batches every operand its branches close over -- the frozen G and LPIPS
+    weights would be broadcast to [B, ...] and every shared-weight GEMM would become a batched
+    one (measured: 23 ms per image-step of broadcasts in the PTI step). So under vmap the step
+    runs for every image and a select keeps the stopped ones unchanged: same results."""
+    def step_one(c, frozen, active):
+        """One step; an inactive image or a non-finite step keeps its state (one select)."""
         state, metrics = method.step(c["state"], frozen, cfg)
         metrics = jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
         ok = base.tree_all_finite(metrics) & base.tree_all_finite(state)
-        state = base.tree_where(ok, state, c["state"])
-        done = ok & jnp.asarray(method.converged(metrics, cfg), bool)
-        return dict(state=state, done=done, failed=~ok, iters=c["iters"] + ok.astype(jnp.int32),
-                    metrics=metrics)
+        keep = ok & active
+        return dict(state=base.tree_where(keep, state, c["state"]),
+                    done=jnp.where(active, ok & jnp.asarray(method.converged(metrics, cfg), bool),
+                                   c["done"]),
+                    failed=jnp.where(active, ~ok, c["failed"]),
+                    iters=c["iters"] + keep.astype(jnp.int32),
+                    metrics=base.tree_where(active, metrics, c["metrics"]))
 
     def run_one(c, n_allowed, frozen):
         def body(c, i):
             active = ~c["done"] & ~c["failed"] & (i < n_allowed)
-            return lax.cond(active, lambda c: step_one(c, frozen), lambda c: c, c), None
+            if skip_inactive:
+                return lax.cond(active, lambda c: step_one(c, frozen, True), lambda c: c, c), None
+            return step_one(c, frozen, active), None
         return lax.scan(body, c, jnp.arange(k))[0]
     return run_one
 
@@ -146,7 +158,8 @@ def _compiled(method: base.Method, cfg, strategy: str, chunk_size: int, k: int,
     sm = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
     jit = functools.partial(jax.jit, compiler_options=dict(compiler_options or ()) or None)
     init_b = _batched(_per_image_init(method, cfg), strategy, chunk_size)
-    run_b = _batched(_per_image_run(method, cfg, k), strategy, chunk_size)
+    run_b = _batched(_per_image_run(method, cfg, k, skip_inactive=strategy == "map"), strategy,
+                     chunk_size)
     res_b = _batched(_per_image_result(method, cfg), strategy, chunk_size)
 
     def init_local(keys, images, latents, active, frozen):

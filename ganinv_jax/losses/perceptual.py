@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ganinv_jax.losses import common
+from ganinv_jax.ops import conv as conv_ops
 
 Params = Any
 
@@ -65,6 +66,27 @@ def scale_input(x: jax.Array) -> jax.Array:
   return (x - jnp.asarray(_SHIFT, x.dtype)) / jnp.asarray(_SCALE, x.dtype)
 
 
+class _Conv(nn.Module):
+  """nn.Conv's parameters ('kernel' HWIO, 'bias') with the convolution from `ops.conv`, whose
+  patches-matmul form keeps LPIPS's input gradient fast inside the inversion engine's loops."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    impl = conv_ops.shared_weight_impl(self.features) if self.stride == 1 else None
+    y = conv_ops.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride,
+                        padding=self.padding, impl=impl)
+    return y + bias.astype(self.dtype)
+
+
 class VGG16Features(nn.Module):
   """torchvision VGG16 `features` up to relu5_3 (no pool5), NHWC. Returns {conv name: relu act}."""
   dtype: Any = jnp.float32
@@ -74,9 +96,8 @@ class VGG16Features(nn.Module):
     acts = {}
     for i, (name, width) in enumerate(zip(VGG16_CONVS, _VGG16_WIDTHS)):
       if i > 0 and name.endswith("_1"):  # a new block starts after a 2x2 max pool
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-      x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                  param_dtype=jnp.float32, name=name)(x)
+        x = conv_ops.max_pool2x2(x)
+      x = _Conv(width, 3, padding=1, dtype=self.dtype, name=name)(x)
       x = nn.relu(x)
       acts[name] = x
     return acts
@@ -93,8 +114,7 @@ class AlexNetFeatures(nn.Module):
     for i, (name, (width, k, s, p)) in enumerate(zip(ALEX_CONVS, specs)):
       if i in (1, 2):  # max pools after conv1 and conv2
         x = nn.max_pool(x, (3, 3), strides=(2, 2))
-      x = nn.Conv(width, (k, k), strides=(s, s), padding=((p, p), (p, p)), dtype=self.dtype,
-                  param_dtype=jnp.float32, name=name)(x)
+      x = _Conv(width, k, stride=s, padding=p, dtype=self.dtype, name=name)(x)
       x = nn.relu(x)
       acts[name] = x
     return acts
