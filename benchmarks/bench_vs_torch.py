@@ -15,7 +15,7 @@ Ours is the inversion engine (`engine.invert_batch` with the `pti` method, one b
 `--images`), timed on its second run (the first compiles; compile time is reported apart), as
 torch is timed after `warmup_steps` throwaway steps; each side runs `--repeats` times and
 its fastest run counts. Reported:
-  torch_img_steps_per_s, ours_img_steps_per_s, ratio = ours / torch,
+  torch_img_steps_per_s, ours_img_steps_per_s, ratio = ours / torch (best run of each side; paired_ratios per interleaved pair),
   gflop_per_img_step  XLA's cost analysis of one single-image step (in the conv form timed),
   gflops_per_s        gflop_per_img_step * ours_img_steps_per_s,
   matmul_peak_gflops  a float32 2048^2 matmul timed in this run, and pct_of_matmul_peak,
@@ -79,7 +79,9 @@ def step_gflop(method, frozen, image, latent, cfg) -> float:
     return float(cost["flops"]) / 1e9
 
 
-def run_ours(a, g_cfg, gvars, lpips_params, images, ws) -> dict:
+def prepare_ours(a, g_cfg, gvars, lpips_params, images, ws):
+    """Compiles our engine's PTI (first run, timed apart) and returns (run() -> (seconds, out),
+    info)."""
     import jax
     import ml_collections
 
@@ -95,28 +97,24 @@ def run_ours(a, g_cfg, gvars, lpips_params, images, ws) -> dict:
     cfg.l2_weight = 1.0
     cfg.lpips_weight = 0.0 if a.mse_only else 1.0
     cfg.perceptual = "none" if a.mse_only else "lpips"
-    fcfg = ml_collections.FrozenConfigDict(cfg)
     ids = np.arange(len(images))
     kw = dict(strategy=a.strategy, steps=a.steps, steps_per_call=a.steps_per_call,
               devices=jax.devices()[:1])
-    with conv_ops.use_impl(a.impl):
-        impl = conv_ops.resolve_impl()
-        t_first = _timed(lambda: engine.invert_batch(method, frozen, images, ids, ws, cfg, **kw))
-        runs = []
-        for _ in range(a.repeats):
+
+    def run():
+        with conv_ops.use_impl(a.impl):
             t0 = time.perf_counter()
             out = engine.invert_batch(method, frozen, images, ids, ws, cfg, **kw)
-            runs.append(time.perf_counter() - t0)
-        seconds = min(runs)
-        gflop = step_gflop(method, frozen, jax.numpy.asarray(images[0]),
-                           jax.numpy.asarray(ws[0]), fcfg)
-    recon = np.asarray(out["recon"], np.float64)
-    final_mse = np.mean((recon - images) ** 2, axis=(1, 2, 3))
-    n_steps = int(out["iterations"].sum())
-    return dict(seconds=seconds, all_seconds=runs, compile_and_first_run_s=t_first - seconds,
-                img_steps_per_s=n_steps / seconds, final_mse=final_mse.tolist(),
-                gflop_per_img_step=gflop, conv_impl=impl,
-                strategy=engine.auto_strategy(method) if a.strategy == "auto" else a.strategy)
+            return time.perf_counter() - t0, out
+
+    t_first, _ = run()
+    with conv_ops.use_impl(a.impl):
+        info = dict(conv_impl=conv_ops.resolve_impl(), first_run_s=t_first,
+                    strategy=engine.auto_strategy(method) if a.strategy == "auto" else a.strategy,
+                    gflop_per_img_step=step_gflop(method, frozen, jax.numpy.asarray(images[0]),
+                                                  jax.numpy.asarray(ws[0]),
+                                                  ml_collections.FrozenConfigDict(cfg)))
+    return run, info
 
 
 def main() -> None:
@@ -159,27 +157,43 @@ def main() -> None:
                   loss="mse" if a.mse_only else "mse+lpips_vgg", jax_version=jax.__version__,
                   backend=jax.default_backend())
     peak = matmul_peak_gflops()
-    ours = run_ours(a, g_cfg, gvars, lpips_params, images, ws)
-    report.update(matmul_peak_gflops=peak, ours_img_steps_per_s=ours["img_steps_per_s"],
-                  ours_seconds=ours["seconds"], ours_all_seconds=ours["all_seconds"],
-                  ours_compile_and_first_run_s=ours["compile_and_first_run_s"],
-                  gflop_per_img_step=ours["gflop_per_img_step"],
-                  gflops_per_s=ours["gflop_per_img_step"] * ours["img_steps_per_s"],
-                  conv_impl=ours["conv_impl"], strategy=ours["strategy"])
-    report["pct_of_matmul_peak"] = 100.0 * report["gflops_per_s"] / peak
+    run_ours, info = prepare_ours(a, g_cfg, gvars, lpips_params, images, ws)
+    run_torch = None
     if not a.skip_torch:
         import torch
         import torch_reference
-        torch_runs = [torch_reference.pti_loop(g_cfg, gvars, lpips_params, images, ws,
-                                               steps=a.steps, lr=a.lr,
-                                               lpips_weight=0.0 if a.mse_only else 1.0,
-                                               threads=a.threads) for _ in range(a.repeats)]
+
+        def run_torch():
+            return torch_reference.pti_loop(g_cfg, gvars, lpips_params, images, ws,
+                                            steps=a.steps, lr=a.lr,
+                                            lpips_weight=0.0 if a.mse_only else 1.0,
+                                            threads=a.threads)
+        report.update(torch_version=torch.__version__, torch_threads=a.threads)
+    # Interleaved repeats: the shared cores drift over minutes, so each ours/torch pair is
+    # measured back to back and the pairs' ratios are reported beside the best of each side.
+    ours_runs, torch_runs = [], []
+    for _ in range(a.repeats):
+        ours_runs.append(run_ours())
+        if run_torch is not None:
+            torch_runs.append(run_torch())
+    seconds, out = min(ours_runs, key=lambda r: r[0])
+    n_steps = int(out["iterations"].sum())
+    ours_rate = n_steps / seconds
+    report.update(matmul_peak_gflops=peak, ours_img_steps_per_s=ours_rate,
+                  ours_seconds=seconds, ours_all_seconds=[r[0] for r in ours_runs],
+                  ours_compile_and_first_run_s=info["first_run_s"] - seconds,
+                  gflop_per_img_step=info["gflop_per_img_step"],
+                  gflops_per_s=info["gflop_per_img_step"] * ours_rate,
+                  conv_impl=info["conv_impl"], strategy=info["strategy"])
+    report["pct_of_matmul_peak"] = 100.0 * report["gflops_per_s"] / peak
+    if torch_runs:
         t = min(torch_runs, key=lambda r: r["seconds"])
-        mse_t, mse_o = np.asarray(t["final_mse"]), np.asarray(ours["final_mse"])
-        report.update(torch_version=torch.__version__, torch_threads=a.threads,
-                      torch_img_steps_per_s=t["img_steps_per_s"], torch_seconds=t["seconds"],
+        mse_o = np.mean((np.asarray(out["recon"], np.float64) - images) ** 2, axis=(1, 2, 3))
+        mse_t = np.asarray(t["final_mse"])
+        report.update(torch_img_steps_per_s=t["img_steps_per_s"], torch_seconds=t["seconds"],
                       torch_all_seconds=[r["seconds"] for r in torch_runs],
-                      ratio=ours["img_steps_per_s"] / t["img_steps_per_s"],
+                      ratio=ours_rate / t["img_steps_per_s"],
+                      paired_ratios=[r["seconds"] / o[0] for o, r in zip(ours_runs, torch_runs)],
                       final_mse_ours=mse_o.tolist(), final_mse_torch=mse_t.tolist(),
                       initial_mse_torch=t["initial_mse"],
                       final_mse_max_rel_diff=float(np.max(np.abs(mse_o - mse_t) / mse_t)))

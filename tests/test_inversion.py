@@ -349,11 +349,16 @@ def test_gmm_runs_alone_equals_batch_and_only_phi_is_tuned(gmm_runs, setup):
 
 
 def test_auto_strategy_rule():
-    # CPU: lax.map (measured >= the per-image loop; vmap/chunked fell below it), else vmap
+    # GEMM-form convs (the CPU default): vmap everywhere; native convs on CPU: lax.map (vmap
+    # would make per-image kernels grouped convolutions)
+    from ganinv_jax.ops import conv as conv_ops
     for m in (latent_opt.METHOD, pti.METHOD, clone.METHOD, gmm.METHOD):
-        assert engine.auto_strategy(m, "cpu") == "map"
+        assert engine.auto_strategy(m, "cpu") == "vmap"
         assert engine.auto_strategy(m, "gpu") == "vmap"
         assert engine.auto_strategy(m, "tpu") == "vmap"
+        with conv_ops.use_impl("native"):
+            assert engine.auto_strategy(m, "cpu") == "map"
+            assert engine.auto_strategy(m, "gpu") == "vmap"
 
 
 # ----------------------------------------------------------------------------- LPIPS target cache

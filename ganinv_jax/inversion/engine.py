@@ -49,25 +49,28 @@ from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ganinv_jax.inversion import base
+from ganinv_jax.ops import conv as conv_ops
 
 STRATEGIES = ("vmap", "map", "chunked")
 AXIS = "data"
 
 
 def auto_strategy(method: base.Method, backend: Optional[str] = None) -> str:
-    """The 'auto' rule, from benchmarks/bench_inversion.py (numbers in the README, "Per-image inversion").
+    """The 'auto' rule: 'vmap', except 'map' on CPU when convolutions run in XLA's native form.
 
-    GPU/TPU: 'vmap' (grouped convs are fast there and vmap fills the device).
-    CPU: 'map' for every method. Measured on XLA:CPU (2 cores; results/bench_grid_cpu.json):
-    weight-tuning methods under vmap run their convs as grouped convs with per-image kernels and
-    fall to 0.27-0.46x of the per-image loop at batch 16 (32x32) and 0.36-0.44x at batch 4
-    (64x64, 128 ch); even latent optimization (shared weights) is 0.84x / 0.63x; chunked sits
-    between; lax.map stays at 0.91-1.07x (32x32) and 1.11-1.15x (64x64). `method` is kept in the
+    Measured (benchmarks/bench_vs_torch.py, PTI at 64x64 / 128 ch, 8 images, LPIPS-VGG, 2-core
+    CPU; README "Speed"): with the patches-GEMM convolutions of `ops.conv` (the CPU default) the
+    per-image generator weights under vmap become batched GEMMs and the frozen LPIPS weights one
+    large GEMM, and vmap beats map (10.5 vs 8.4 image-steps/s). With the native conv form, vmap
+    turns per-image kernels into grouped convolutions that XLA:CPU runs 6-20x slower, so 'map'.
+    On GPU/TPU grouped convs are fast and vmap fills the device. `method` is kept in the
     signature for per-method rules.
     """
     backend = backend or jax.default_backend()
     del method
-    return "vmap" if backend != "cpu" else "map"
+    if backend == "cpu" and conv_ops.resolve_impl(backend=backend) == "native":
+        return "map"
+    return "vmap"
 
 
 def make_mesh(devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 import os
 from typing import Iterator, Optional, Sequence, Union
 
@@ -121,7 +122,52 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, padding: Padding = 0,
         x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     if kh == kw == 1:
         return _matmul_last(x[:, ::stride, ::stride, :], w.reshape(cin, cout))
+    if stride == 1 and kh == kw:
+        return _conv_gemm(x, w)
     return _matmul_last(im2col(x, kh, kw, stride), w.reshape(kh * kw * cin, cout))
+
+
+def _sum_of_windows(t: jax.Array, k: int, out_h: int, out_w: int, offset: int) -> jax.Array:
+    """sum_{a,b} t[:, offset - a + i, offset - b + j, (a, b) block] for the k*k channel
+    blocks of t [N,H,W,k*k*C]: the gather form of col2im, one fused loop (autodiff's transpose
+    of im2col builds k*k zero-padded copies of the whole map and adds them)."""
+    c = t.shape[-1] // (k * k)
+    out = None
+    for a in range(k):
+        for b in range(k):
+            blk = (a * k + b) * c
+            part = lax.slice(t, (0, offset - a, offset - b, blk),
+                             (t.shape[0], offset - a + out_h, offset - b + out_w, blk + c))
+            out = part if out is None else out + part
+    return out
+
+
+@jax.custom_vjp
+def _conv_gemm(xp: jax.Array, w: jax.Array) -> jax.Array:
+    """Stride-1 'valid' correlation of an already padded xp with w, as im2col + GEMM."""
+    kh, kw, cin, cout = w.shape
+    return _matmul_last(im2col(xp, kh, kw), w.reshape(kh * kw * cin, cout))
+
+
+def _conv_gemm_fwd(xp, w):
+    kh, kw, cin, cout = w.shape
+    cols = im2col(xp, kh, kw)
+    return _matmul_last(cols, w.reshape(kh * kw * cin, cout)), (cols, w)
+
+
+def _conv_gemm_bwd(res, dy):
+    cols, w = res
+    k, _, cin, cout = w.shape
+    dw = lax.dot_general(cols.reshape(-1, k * k * cin), dy.reshape(-1, cout),
+                         (((0,), (0,)), ((), ()))).reshape(w.shape)
+    dcols = lax.dot_general(dy, w.reshape(k * k * cin, cout), (((3,), (1,)), ((), ())))
+    # xp[i + a] fed output i through tap a: dxp[p] = sum_a dcols[p - a, tap a].
+    h, wd = dy.shape[1] + k - 1, dy.shape[2] + k - 1
+    dcols = jnp.pad(dcols, ((0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0)))
+    return _sum_of_windows(dcols, k, h, wd, offset=k - 1), dw
+
+
+_conv_gemm.defvjp(_conv_gemm_fwd, _conv_gemm_bwd)
 
 
 def _native(x, w, stride, pads):
@@ -170,8 +216,17 @@ def conv_transpose2x(x: jax.Array, w: jax.Array, *, impl: Optional[str] = None) 
         return lax.conv_general_dilated(
             x, w[::-1, ::-1], window_strides=(1, 1), padding=((k - 1, k - 1), (k - 1, k - 1)),
             lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    n, h, wd, cin = x.shape
-    cout = w.shape[-1]
+    return _conv_transpose2x_gemm(x, w)
+
+
+@jax.custom_vjp
+def _conv_transpose2x_gemm(x: jax.Array, w: jax.Array) -> jax.Array:
+    return _conv_transpose2x_gemm_fwd(x, w)[0]
+
+
+def _conv_transpose2x_gemm_fwd(x, w):
+    k, _, cin, cout = w.shape
+    n, h, wd, _ = x.shape
     w2d = jnp.transpose(w, (2, 0, 1, 3)).reshape(cin, k * k * cout)      # [C, (a, b, O)]
     taps = _matmul_last(x, w2d).reshape(n, h, wd, k, k, cout)
     zero = jnp.zeros((), x.dtype)
@@ -181,7 +236,27 @@ def conv_transpose2x(x: jax.Array, w: jax.Array, *, impl: Optional[str] = None) 
             placed = lax.pad(taps[:, :, :, a, b, :], zero,
                              ((0, 0, 0), (a, k - 1 - a, 1), (b, k - 1 - b, 1), (0, 0, 0)))
             out = placed if out is None else out + placed
-    return out
+    return out, (x, w2d)
+
+
+def _conv_transpose2x_gemm_bwd(res, dy):
+    x, w2d = res
+    n, h, wd, cin = x.shape
+    k = int(round(math.sqrt(w2d.shape[1] // dy.shape[-1])))
+    cout = dy.shape[-1]
+    # Tap (a, b) of input pixel (i, j) landed on output (2i + a, 2j + b): its gradient is the
+    # stride-2 slice of dy starting at (a, b); all k*k of them side by side = [N,H,W,(a,b,O)].
+    dtaps = jnp.concatenate(
+        [lax.slice(dy, (0, a, b, 0), (n, a + 2 * (h - 1) + 1, b + 2 * (wd - 1) + 1, cout),
+                   (1, 2, 2, 1)) for a in range(k) for b in range(k)], axis=-1)
+    dx = lax.dot_general(dtaps, w2d, (((3,), (1,)), ((), ())))
+    dw2d = lax.dot_general(x.reshape(-1, cin), dtaps.reshape(-1, k * k * cout),
+                           (((0,), (0,)), ((), ())))
+    dw = jnp.transpose(dw2d.reshape(cin, k, k, cout), (1, 2, 0, 3))
+    return dx, dw
+
+
+_conv_transpose2x_gemm.defvjp(_conv_transpose2x_gemm_fwd, _conv_transpose2x_gemm_bwd)
 
 
 def max_pool2x2(x: jax.Array, *, impl: Optional[str] = None) -> jax.Array:
