@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the machine's cores)")
     ap.add_argument("--repeats", type=int, default=2,
                     help="timed runs per side; the fastest counts (the cores are shared)")
+    ap.add_argument("--torch-device", default="cpu", help="cpu | cuda (the device check)")
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args()
@@ -167,8 +168,9 @@ def main() -> None:
             return torch_reference.pti_loop(g_cfg, gvars, lpips_params, images, ws,
                                             steps=a.steps, lr=a.lr,
                                             lpips_weight=0.0 if a.mse_only else 1.0,
-                                            threads=a.threads)
-        report.update(torch_version=torch.__version__, torch_threads=a.threads)
+                                            threads=a.threads, device=a.torch_device)
+        report.update(torch_version=torch.__version__, torch_threads=a.threads,
+                      torch_device=a.torch_device)
     # Interleaved repeats: the shared cores drift over minutes, so each ours/torch pair is
     # measured back to back and the pairs' ratios are reported beside the best of each side.
     ours_runs, torch_runs = [], []

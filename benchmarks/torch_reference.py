@@ -447,7 +447,7 @@ class TorchLPIPS(nn.Module):
 def pti_loop(g_cfg, variables: Mapping[str, Any], lpips_params: Optional[Mapping[str, Any]],
              images, ws, steps: int = 50, lr: float = 3e-4, lpips_weight: float = 1.0,
              l2_weight: float = 1.0, threads: int = 2, noise_mode: str = "const",
-             warmup_steps: int = 2) -> dict:
+             warmup_steps: int = 2, device: str = "cpu") -> dict:
     """PTI's per-image generator tuning as a PyTorch user writes it (no locality regularizer).
 
     images: [N, H, W, C] (NHWC, the project's layout) in [-1, 1]; ws: [N, num_ws, w_dim], kept
@@ -457,6 +457,8 @@ def pti_loop(g_cfg, variables: Mapping[str, Any], lpips_params: Optional[Mapping
     with the target's LPIPS features computed once per image under no_grad (the same caching
     our JAX PTI does). lpips_weight == 0 skips the LPIPS network entirely.
 
+    device: 'cpu' or a torch device such as 'cuda' (the per-step `loss.item()` synchronizes, so
+    the wall clock covers the device work).
     warmup_steps: before timing, this many steps are run on a throwaway copy with the first
     image (torch's one-time lazy set-up: oneDNN primitives, allocator, thread pool), the analogue
     of the JAX benchmarks' compile + warm-up call, which they do not time either. 0 disables.
@@ -474,14 +476,14 @@ def pti_loop(g_cfg, variables: Mapping[str, Any], lpips_params: Optional[Mapping
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        base = TorchSynthesis(g_cfg, variables).eval()
+        base = TorchSynthesis(g_cfg, variables).eval().to(device)
         lp = None
         if lpips_weight:
             if lpips_params is None:
                 raise ValueError("lpips_weight != 0 needs lpips_params")
-            lp = TorchLPIPS(lpips_params).eval()
-        x_all = torch.from_numpy(_np(images).transpose(0, 3, 1, 2).copy())
-        ws_all = torch.from_numpy(_np(ws).copy())
+            lp = TorchLPIPS(lpips_params).eval().to(device)
+        x_all = torch.from_numpy(_np(images).transpose(0, 3, 1, 2).copy()).to(device)
+        ws_all = torch.from_numpy(_np(ws).copy()).to(device)
         if x_all.shape[0] != ws_all.shape[0]:
             raise ValueError(f"{x_all.shape[0]} images but {ws_all.shape[0]} latents")
 

@@ -132,3 +132,82 @@ def test_max_pool_forms_agree_and_impl_switch():
     assert conv_ops.resolve_impl("auto", backend="cpu") == "matmul"
     with pytest.raises(ValueError, match="unknown conv impl"):
         conv_ops.resolve_impl("fft")
+
+
+@pytest.mark.parametrize("case", ["3x3_same", "5x5_pad2", "1x1"])
+def test_hybrid_equals_native(case):
+    """'hybrid': native forward, input gradient as a forward conv, weight gradient as a GEMM."""
+    _, fn, xs, ws = next(c for c in CASES if c[0] == case)
+    x, w = _inputs(xs, ws)
+
+    def vg(impl):
+        def loss(x, w):
+            y = fn(x, w, impl)
+            return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
+
+    (v_n, (dx_n, dw_n)), (v_h, (dx_h, dw_h)) = vg("native"), vg("hybrid")
+    _close(v_h, v_n)
+    _close(dx_h, dx_n)
+    _close(dw_h, dw_n)
+
+
+def _tiny_sg2():
+    from ganinv_jax.models import stylegan2 as sg2
+    cfg = sg2.StyleGAN2Config(resolution=16, channels=(8, 8, 6), z_dim=8, w_dim=8,
+                              mapping_layers=1, img_channels=3, fan_in_scale_modconv=True)
+    g = sg2.Generator(cfg)
+    gv = g.init(jax.random.key(0), jnp.zeros((1, cfg.z_dim)))
+    d = sg2.Discriminator(cfg)
+    dv = d.init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
+    return cfg, g, gv, d, dv
+
+
+def test_stylegan2_g_and_d_equal_in_both_forms():
+    """Synthesis (with its up-sampling transposed convs) and D (stride-2 convs): values and
+    parameter gradients, native vs the GEMM forms, under jit and under vmap over per-image
+    generator weights (the PTI shape)."""
+    cfg, g, gv, d, dv = _tiny_sg2()
+    ws = jax.random.normal(jax.random.key(2), (2, cfg.num_ws, cfg.w_dim))
+    imgs = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
+
+    def g_loss(params, ws):
+        out = g.apply({"params": params, "buffers": gv["buffers"]}, ws, method=g.synthesis)
+        return jnp.sum(out * jnp.sin(jnp.arange(out.size).reshape(out.shape))), out
+
+    def d_loss(params):
+        logits = d.apply({"params": params}, imgs)
+        return jnp.sum(logits), logits
+
+    per_image = jax.tree_util.tree_map(lambda p: jnp.stack([p, 1.1 * p]), gv["params"])
+    results = {}
+    for impl in ("native", "matmul"):
+        with conv_ops.use_impl(impl):
+            (_, img), gg = jax.jit(jax.value_and_grad(g_loss, has_aux=True))(gv["params"], ws)
+            (_, logits), dg = jax.jit(jax.value_and_grad(d_loss, has_aux=True))(dv["params"])
+            vg = jax.jit(jax.vmap(jax.grad(lambda p, w: g_loss(p, w[None])[0])))(per_image, ws)
+        results[impl] = (img, gg, logits, dg, vg)
+    assert float(jnp.abs(results["native"][0]).max()) > 0.1
+    for a, b in zip(jax.tree_util.tree_leaves(results["matmul"]),
+                    jax.tree_util.tree_leaves(results["native"])):
+        _close(a, b)
+
+
+def test_lpips_equals_in_both_forms():
+    """LPIPS-VGG (real weights): distance and image gradient, native vs the CPU default
+    ('hybrid' for <= 128 channels, GEMM above, reshape max-pool)."""
+    from ganinv_jax import losses
+    params = losses.load_lpips_params("vgg")
+    kx, ky = jax.random.split(jax.random.key(4))
+    x = jax.random.uniform(kx, (2, 32, 32, 3), minval=-1, maxval=1)
+    y = jax.random.uniform(ky, (2, 32, 32, 3), minval=-1, maxval=1)
+    out = {}
+    for impl in ("native", "auto"):
+        with conv_ops.use_impl(impl):
+            # the module itself: `lpips_apply` is a cached jit, traced in one form only
+            f = jax.jit(jax.value_and_grad(
+                lambda x: jnp.sum(losses.LPIPS("vgg").apply({"params": params}, x, y))))
+            out[impl] = f(x)
+    assert float(out["native"][0]) > 0.05
+    _close(out["auto"][0], out["native"][0], 1e-5)
+    _close(out["auto"][1], out["native"][1])

@@ -122,9 +122,15 @@ def _per_image_run(method, cfg, k: int, skip_inactive: bool):
         """One step; an inactive image or a non-finite step keeps its state (one select)."""
         state, metrics = method.step(c["state"], frozen, cfg)
         metrics = jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
-        ok = base.tree_all_finite(metrics) & base.tree_all_finite(state)
+        # Leaves the step passed through untouched (the target, its cached LPIPS features) are
+        # the same traced values: checking and selecting them every step is pure memory traffic.
+        changed = [n for n, o in zip(jax.tree_util.tree_leaves(state),
+                                     jax.tree_util.tree_leaves(c["state"])) if n is not o]
+        ok = base.tree_all_finite(metrics) & base.tree_all_finite(changed)
         keep = ok & active
-        return dict(state=base.tree_where(keep, state, c["state"]),
+        state = jax.tree_util.tree_map(lambda n, o: o if n is o else jnp.where(keep, n, o),
+                                       state, c["state"])
+        return dict(state=state,
                     done=jnp.where(active, ok & jnp.asarray(method.converged(metrics, cfg), bool),
                                    c["done"]),
                     failed=jnp.where(active, ~ok, c["failed"]),
@@ -154,8 +160,11 @@ def _freeze_cfg(cfg):
 
 @functools.lru_cache(maxsize=64)
 def _compiled(method: base.Method, cfg, strategy: str, chunk_size: int, k: int,
-              mesh: jax.sharding.Mesh, compiler_options: Optional[tuple] = None):
-    """jit(shard_map(batched per-image fns)) for init / run / result (cached per signature)."""
+              mesh: jax.sharding.Mesh, compiler_options: Optional[tuple] = None,
+              conv_impl: str = "auto"):
+    """jit(shard_map(batched per-image fns)) for init / run / result (cached per signature;
+    `conv_impl`, the `ops.conv` form in force, is part of it: a jit traced under one form keeps
+    it)."""
     data = NamedSharding(mesh, P(AXIS))
     repl = NamedSharding(mesh, P())
     sm = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
@@ -235,7 +244,8 @@ def invert_batch(method: base.Method, frozen: base.Frozen, images, image_ids,
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
         jnp.asarray(image_ids[idx], jnp.uint32))
     init, run, res = _compiled(method, fcfg, strategy, int(chunk_size), int(steps_per_call), mesh,
-                               tuple(sorted((compiler_options or {}).items())))
+                               tuple(sorted((compiler_options or {}).items())),
+                               conv_ops.resolve_impl())
 
     data, repl = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
     frozen = jax.device_put(frozen, repl)

@@ -1,7 +1,7 @@
 """Convolutions with a backend switch: XLA's native conv, or explicit patches + matmul.
 
-Why two forms (measured on this project's 2-core CPUs, numbers in benchmarks/results/
-profile_tuning_step.md):
+Why two forms (measured on this project's 2-core CPUs; numbers in
+benchmarks/results/profile_tuning_step.md):
   * XLA:CPU computes conv *weight* gradients tens of times slower inside while loops
     (`lax.scan`, `lax.map`, `fori_loop` -- the inversion engine runs every method step in one),
     and per-image kernels under `jax.vmap` become grouped convolutions that run 6-20x slower.
@@ -51,8 +51,8 @@ Padding = Union[int, Sequence[tuple[int, int]]]
 
 
 def resolve_impl(impl: Optional[str] = None, backend: Optional[str] = None) -> str:
-    """'native' | 'matmul' for this call: explicit `impl`, else `use_impl`, else the env var,
-    else 'auto' (matmul on CPU, native on GPU/TPU)."""
+    """'native' | 'matmul' | 'hybrid' for this call: explicit `impl`, else `use_impl`, else the
+    env var, else 'auto' (matmul on CPU, native on GPU/TPU)."""
     impl = impl or _override.get() or os.environ.get(_ENV) or "auto"
     if impl == "auto":
         return "matmul" if (backend or jax.default_backend()) == "cpu" else "native"
