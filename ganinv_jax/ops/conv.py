@@ -75,7 +75,7 @@ def shared_weight_impl(features: int, backend: Optional[str] = None) -> Optional
 
 @contextlib.contextmanager
 def use_impl(impl: str) -> Iterator[None]:
-    """Context in which every conv traced uses `impl` ('native' | 'matmul' | 'auto')."""
+    """Context in which every conv traced uses `impl` ('native' | 'matmul' | 'hybrid' | 'auto')."""
     if impl != "auto" and impl not in IMPLS:
         raise ValueError(f"unknown conv impl {impl!r}: expected one of {IMPLS} or 'auto'")
     token = _override.set(impl)
