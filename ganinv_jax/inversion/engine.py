@@ -10,13 +10,14 @@ What it guarantees:
     calls, whether every image has stopped. One compile per (method, cfg, strategy, K, mesh, shapes).
   * Per-image masks: an image whose `method.converged(metrics)` became true, or whose step produced a
     non-finite value (NaN/Inf: `failed`; the bad step is discarded), stops changing exactly (its
-    state is selected unchanged, `lax.cond` per image, which XLA turns into a select under vmap)
+    state is selected unchanged: a `lax.cond` per image under 'map', a select under vmap)
     while the others go on. `iterations[i]` counts the steps image i actually took.
   * Batching strategy inside each device: 'vmap' | 'map' (`lax.map`, one image at a time) |
     'chunked' (`lax.map(batch_size=chunk_size)`: vmap inside chunks) | 'auto' (see `auto_strategy`).
-    Why it matters: a per-image TUNED generator under vmap makes every conv a grouped conv with
-    per-image kernels, which XLA:CPU runs 6-20x slower than a dense conv; `lax.map` keeps dense
-    convs. On GPU/TPU grouped convs are fast and vmap fills the device.
+    Why it matters: with XLA's native convs a per-image TUNED generator under vmap makes every
+    conv a grouped conv with per-image kernels, which XLA:CPU runs 6-20x slower; the CPU default
+    conv form (`ops.conv`, GEMMs) makes them batched GEMMs instead, so 'auto' is vmap unless
+    native convs run on CPU. On GPU/TPU grouped convs are fast and vmap fills the device.
   * Sharding: the image axis is split over a 1-D mesh ('data',) of `devices` (default: all) with
     `shard_map`; the frozen inputs are replicated. The batch is padded to a multiple of the device
     count with inactive copies of image 0 (they never step under map; results are dropped).
