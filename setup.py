@@ -27,6 +27,6 @@ setuptools.setup(
     ],
     extras_require={
         # torch==2.13.0 is the CPU build on disk; only tests and optional tooling use it.
-        "test": ["pytest", "torch==2.13.0", "pytorch-msssim", "scikit-image"],
+        "test": ["pytest", "torch==2.13.0", "pytorch-msssim", "scikit-image", "scipy"],
     },
 )

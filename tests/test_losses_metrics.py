@@ -76,3 +76,59 @@ def test_feature_registry():
     L.get_feature_net("arcface_missing")
   with pytest.raises(ValueError, match="unknown layer"):
     L.vgg16_feature_net(("conv9_9",))
+
+
+def _scipy_frechet(fa, fb):
+  """The textbook FID formula with scipy's general matrix square root (the reference)."""
+  import warnings
+  from scipy import linalg
+  mu_a, mu_b = fa.mean(0), fb.mean(0)
+  ca, cb = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
+  with warnings.catch_warnings():   # N < D in the VGG test: singular covariances are expected
+    warnings.simplefilter("ignore")
+    covmean = linalg.sqrtm(ca @ cb).real
+  return float(np.sum((mu_a - mu_b) ** 2) + np.trace(ca + cb - 2 * covmean))
+
+
+def test_frechet_distance_matches_scipy_reference():
+  rng = np.random.default_rng(0)
+  fa = rng.standard_normal((200, 12)) @ rng.standard_normal((12, 12))
+  fb = 0.5 + rng.standard_normal((150, 12)) @ rng.standard_normal((12, 12))
+  ours = metrics.frechet_distance(*metrics.gaussian_stats(fa), *metrics.gaussian_stats(fb))
+  np.testing.assert_allclose(ours, _scipy_frechet(fa, fb), rtol=1e-8)
+  same = metrics.frechet_distance(*metrics.gaussian_stats(fa), *metrics.gaussian_stats(fa))
+  assert abs(same) < 1e-8 * ours
+
+
+def test_fd_vgg16_on_real_photos():
+  from _losses_fixtures import noisy, photos
+  # 3 photos x 2 crops/flips = 6 distinct 48x48 images per set (a set needs N >= 2).
+  base = photos(64)
+  clean = np.concatenate([base[:, :48, :48], base[:, 16:, 16:, :][:, :, ::-1]])
+  light, heavy = noisy(clean, 0.05, seed=1), noisy(clean, 0.5, seed=2)
+  params = L.load_lpips_params("vgg")
+  feats = metrics.vgg16_pooled_features(clean, params=params, batch_size=4)   # 4 + padded 2
+  assert feats.shape == (6, 512)
+  np.testing.assert_allclose(feats, metrics.vgg16_pooled_features(clean, params=params,
+                                                                  batch_size=6),
+                             rtol=1e-5, atol=1e-6)
+  fd_light = L.fd_vgg16(clean, light, params=params, batch_size=6)
+  fd_heavy = L.fd_vgg16(clean, heavy, params=params, batch_size=6)
+  reference = _scipy_frechet(feats, metrics.vgg16_pooled_features(heavy, params=params,
+                                                                  batch_size=6))
+  np.testing.assert_allclose(fd_heavy, reference, rtol=1e-4)
+  assert abs(L.fd_vgg16(clean, clean, params=params, batch_size=6)) < 1e-6 * fd_heavy
+  assert 0 < fd_light < fd_heavy
+  # one channel == the same channel repeated to three
+  gray = clean[..., :1]
+  np.testing.assert_allclose(
+      L.fd_vgg16(gray, heavy, params=params, batch_size=6),
+      L.fd_vgg16(np.repeat(gray, 3, axis=-1), heavy, params=params, batch_size=6), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape, message", [((4, 16, 16, 3), "at least 32 px"),
+                                            ((4, 32, 32, 2), "1 or 3 channels"),
+                                            ((1, 32, 32, 3), "at least 2")])
+def test_fd_vgg16_rejects_bad_input(shape, message):
+  with pytest.raises(ValueError, match=message):
+    L.fd_vgg16(np.zeros(shape, np.float32), np.zeros((4, 32, 32, 3), np.float32))
