@@ -1,4 +1,4 @@
-"""Inversion quality table (issue 5 "Show"): MSE, PSNR, SSIM, LPIPS, iterations and time per method.
+"""Inversion quality table: MSE, PSNR, SSIM, MS-SSIM, LPIPS, iterations, time and drift per method.
 
     python benchmarks/quality_table.py --out /tmp/quality.json               # default model
     python benchmarks/quality_table.py --tiny --n 8 --ood 4 --steps-scale 0.1   # smoke run
@@ -11,8 +11,9 @@ Generator: `pretrained.load('default')` (InvGAN StyleGAN2 on Fashion-MNIST) with
 pipeline and say nothing about the methods; the JSON says which G was used).
 Pipeline: InvGAN encoder w (D's w head; mean w without it) -> latent_opt (W+, MSE + LPIPS) ->
 PTI / Clone / GMM all tuned around that same latent, so their MSE is comparable to latent_opt's.
-Drift: for `--drift-images` images, the LPIPS between the frozen G and each image's tuned G on 16
-random latents (PTI and GMM with and without the locality/localization regularizer).
+Drift: for `--drift-images` images, MSE and LPIPS between the frozen G and each image's tuned G on
+16 fixed random latents (PTI and GMM with and without the locality/localization regularizer;
+Clone, which has none, as run).
 Metrics from `ganinv_jax.losses` (MSE, SSIM, PSNR on [0, 1] images, LPIPS-VGG on 3 channels,
 reconstructions clipped to [-1, 1]). Steps: --steps-scale times the defaults, or per method with
 --steps latent_opt=200,pti=150; Clone uses the paper's p=1/4, λ=10, ε=1e-3 with a step cap (its
@@ -97,31 +98,38 @@ def quality(frozen, images, recon) -> dict:
     # MSE on the [0, 1] images (so PSNR = -10 log10 MSE), as the invert job reports it
     mse = np.asarray(jnp.mean((x - y) ** 2, axis=(1, 2, 3))) / 4.0
     return dict(mse=mse, psnr=np.asarray(losses.psnr(x, y)), ssim=np.asarray(losses.ssim(x, y)),
+                ms_ssim=np.asarray(losses.ms_ssim_any_size(x, y)),
                 lpips=np.asarray(losses.lpips_apply(frozen.lpips, x, y, net="vgg")))
 
 
 @jax.jit
-def _drift_lpips(frozen, params, ws):
+def _drift(frozen, params, ws):
+    """(MSE on [0, 1], LPIPS) between G0(w_r) and G_tuned(w_r), means over the latents."""
     orig = base.synthesize(frozen, ws)
     tuned = base.synthesize(frozen, ws, params)
-    return jnp.mean(losses.lpips_apply(frozen.lpips, orig, tuned, net=frozen.lpips_net))
+    return (jnp.mean(jnp.square(orig - tuned)) / 4.0,
+            jnp.mean(losses.lpips_apply(frozen.lpips, orig, tuned, net=frozen.lpips_net)))
 
 
-def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99):
-    """Mean LPIPS(G0(w_r), G_tuned(w_r)) over 16 random w_r and the images in `rows`."""
+def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) -> dict:
+    """The papers' locality: mean MSE and LPIPS between the frozen and each image's tuned G on
+    16 fixed random w_r (base mapping; for Clone, which also tunes the mapping, the tuned
+    synthesis at the same w_r), averaged over the images in `rows`."""
     ws = base.random_ws(frozen, jax.random.key(seed), n_latents)
     theta0 = frozen.g["params"]["synthesis"]
     grads = jax.jit(lambda fr, w, x: gmm.conv_grads(fr, fr.g["params"]["synthesis"], w, x, cfg))
     vals = []
     for i in rows:
-        if method_name == "pti":
-            p = jax.tree_util.tree_map(lambda d, b: b + d[i], out["tuned"], theta0)
+        if method_name in ("pti", "clone"):
+            delta = out["tuned"] if method_name == "pti" else out["tuned"]["synthesis"]
+            p = jax.tree_util.tree_map(lambda d, b: b + d[i], delta, theta0)
         else:   # gmm: rebuild θ' = θ0 - M_φ(g) from φ and g at θ0
             phi = jax.tree_util.tree_map(lambda a: a[i], out["tuned"])
             g = grads(frozen, jnp.asarray(out["latent"][i]), jnp.asarray(out["_images"][i]))
             p = gmm.tuned_params(phi, theta0, g, cfg)
-        vals.append(float(_drift_lpips(frozen, p, ws)))
-    return float(np.mean(vals))
+        vals.append([float(v) for v in _drift(frozen, p, ws)])
+    mse, lp = np.mean(vals, axis=0)
+    return dict(mse=float(mse), lpips=float(lp))
 
 
 def run_method(name, frozen, images, ids, init, cfg, steps, strategy, steps_per_call=10):
@@ -221,16 +229,18 @@ def main():
     # drift on 16 random latents: the default regularizer vs none, first --drift-images images
     drift_rows = {}
     sub = np.arange(min(a.drift_images, len(ids)))
-    for m in ("pti", "gmm"):
+    for m in ("pti", "gmm", "clone"):
         if m not in outs or not len(sub):
             continue
-        drift_rows[m] = dict(with_reg=drift(frozen, m, outs[m], cfgs[m], sub))
+        drift_rows[m] = dict(with_reg=drift(frozen, m, outs[m], cfgs[m], sub),
+                             mse_with_reg=float(np.mean(rows[m]["mse"][sub])))
+        if m == "clone":     # no locality regularizer to switch off
+            continue
         c0 = cfgs[m].copy_and_resolve_references()
         c0.reg_weight = 0.0
         o0 = run_method(m, frozen, images[sub], ids[sub], pivot[sub], c0, steps[m], a.strategy,
                         a.steps_per_call)
         drift_rows[m]["without_reg"] = drift(frozen, m, o0, c0, range(len(sub)))
-        drift_rows[m]["mse_with_reg"] = float(np.mean(rows[m]["mse"][sub]))
         drift_rows[m]["mse_without_reg"] = float(np.mean(
             (o0["recon"].clip(-1, 1) - images[sub]) ** 2) / 4.0)
     report["drift_16_latents"] = dict(images=int(len(sub)), rows=drift_rows)
@@ -267,11 +277,12 @@ def markdown(report) -> str:
              f"{report['steps']}"]
     for set_name, s in report["sets"].items():
         lines += ["", f"### {set_name} (n={s['n']})", "",
-                  "| method | MSE | PSNR | SSIM | LPIPS | iters | s/image | conv. | "
+                  "| method | MSE | PSNR | SSIM | MS-SSIM | LPIPS | iters | s/image | conv. | "
                   "MSE(latent_opt)/MSE | steps to latent_opt MSE (reached) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for m, r in s["table"].items():
             lines.append(f"| {m} | {r['mse']:.5f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+                         f"{r.get('ms_ssim', float('nan')):.3f} | "
                          f"{r['lpips']:.4f} | {r['iterations']:.0f} | {r['time_s_per_image']:.2f} | "
                          f"{r.get('converged', float('nan')):.2f} | "
                          f"{r.get('mse_ratio_latent_opt_over_method', float('nan')):.1f} | "
@@ -279,13 +290,16 @@ def markdown(report) -> str:
                          f"({r.get('reached_latent_opt', float('nan')):.2f}) |")
     d16 = report.get("drift_16_latents", {})
     if d16.get("rows"):
-        lines += ["", f"Drift: mean LPIPS(G0(w_r), G_tuned(w_r)) over 16 random w_r, first "
-                  f"{d16['images']} images", "",
-                  "| method | drift with reg | drift without reg | MSE with | MSE without |",
-                  "|---|---|---|---|---|"]
+        nan = dict(mse=float("nan"), lpips=float("nan"))
+        lines += ["", f"Drift: MSE / LPIPS between G0(w_r) and G_tuned(w_r) over 16 random w_r, "
+                  f"first {d16['images']} images (reconstruction MSE beside it)", "",
+                  "| method | drift MSE | drift LPIPS | drift MSE, no reg | drift LPIPS, no reg | "
+                  "recon MSE | recon MSE, no reg |", "|---|---|---|---|---|---|---|"]
         for m, d in d16["rows"].items():
-            lines.append(f"| {m} | {d['with_reg']:.4f} | {d['without_reg']:.4f} | "
-                         f"{d['mse_with_reg']:.5f} | {d['mse_without_reg']:.5f} |")
+            w, wo = d["with_reg"], d.get("without_reg", nan)
+            lines.append(f"| {m} | {w['mse']:.5f} | {w['lpips']:.4f} | {wo['mse']:.5f} | "
+                         f"{wo['lpips']:.4f} | {d['mse_with_reg']:.5f} | "
+                         f"{d.get('mse_without_reg', float('nan')):.5f} |")
     return "\n".join(lines)
 
 

@@ -57,16 +57,20 @@ def get_config(variant: str = ""):
     config.method = "latent_opt"   # latent_opt | pti | clone | gmm
     config.steps = 200             # max iterations per image (= the method's num_steps)
     config.batch_size = 8          # images per device per chunk
-    config.init = "auto"           # auto (encoder if G has one, else mean_w) | mean_w |
-                                   # encoder (InvGAN w-head) | latent_opt (in W, init_steps)
-    config.init_steps = 100        # latent_opt initializer steps (init='latent_opt')
+    config.init = "auto"           # auto: each method's paper start -- latent_opt from the
+                                   # encoder (mean w if G has none); PTI / Clone / GMM tune
+                                   # around a projected pivot ('latent_opt') | mean_w |
+                                   # encoder (InvGAN w-head) | latent_opt (projection below)
+    config.init_steps = 100        # pivot projection: latent_opt steps (config.latent_opt's
+    config.init_space = "w"        # loss) in 'w' (PTI's pivot) or 'w+', from the encoder if any
     config.strategy = "auto"       # engine batching: auto | vmap | map | chunked
     config.steps_per_call = 25     # method steps per compiled call (lax.scan length)
     config.lpips_net = "vgg"       # LPIPS backbone of the metrics (and of Frozen.lpips)
     config.data = data_config()
 
-    config.reals = data_config()   # Clone's global loss: real images (num 0: G's own samples)
-    config.reals.num = 0
+    config.reals = data_config()   # Clone's global loss: real images from path / tfds_name; with
+    config.reals.num = 512         # neither, the default model's Fashion-MNIST TRAIN split; other
+                                   # G without reals (or num 0): samples of the frozen G
 
     config.output = ml_collections.ConfigDict()
     config.output.save_png = True  # recon/<id>.png per image

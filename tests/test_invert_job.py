@@ -390,7 +390,7 @@ def test_array_layouts(tmp_path):
 
 
 FMNIST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
-needs_fmnist = pytest.mark.skipif(not os.path.exists(FMNIST),
+needs_fmnist = pytest.mark.skipif(not os.path.exists(FMNIST) and os.environ.get("CI") != "true",
                                   reason="Debian dataset-fashion-mnist not installed")
 
 
@@ -544,3 +544,38 @@ def test_kill9_at_random_moments_then_resume(tmp_path, gen_dir):
     assert ids == list(range(24))
     np.testing.assert_array_equal(latents(wd)[1], latents(ref)[1])
     assert _check_workdir_consistent(wd) == 6
+
+
+# ----------------------------------------------------------------------------- paper starts
+
+
+@pytest.mark.parametrize("method,has_encoder,want", [
+    ("latent_opt", True, "encoder"), ("latent_opt", False, "mean_w"),
+    ("pti", True, "latent_opt"), ("clone", False, "latent_opt"), ("gmm", True, "latent_opt")])
+def test_init_auto_is_each_methods_paper_start(gen_dir, method, has_encoder, want):
+    config = support.job_config(gen_dir, method=method)
+    assert invert.resolve_init(config, has_encoder) == want
+    explicit = support.job_config(gen_dir, method=method, init="mean_w")
+    assert invert.resolve_init(explicit, has_encoder) == "mean_w"
+
+
+def test_pivot_projection_uses_the_jobs_latent_opt_loss(gen_dir):
+    config = support.job_config(gen_dir, method="pti", init_steps=7, init_space="w+")
+    cfg = invert.pivot_config(config, has_encoder=True)
+    assert (cfg.space, cfg.num_steps, cfg.perceptual, cfg.initial_noise_factor) == \
+        ("w+", 7, "pooled_l2", 0.0)
+    assert invert.pivot_config(config, has_encoder=False).initial_noise_factor > 0
+
+
+@needs_fmnist
+def test_clone_reals_default_to_the_default_models_training_split(gen_dir):
+    from ganinv_jax import data as data_lib
+    pre = sources.Preprocess(resolution=32, channels=3)
+    reals = invert.load_reals(support.job_config("default", method="clone", reals__num=16), pre)
+    train = data_lib.load_fashion_mnist("train", resolution=32, channels=3)
+    assert reals.shape == (16, 32, 32, 3) and reals.min() >= -1 and reals.max() <= 1
+    as_uint8 = np.round((reals + 1) * 127.5).astype(np.uint8)
+    # each real is a train image (not a test image, not a sample of G)
+    assert all((train == img).all(axis=(1, 2, 3)).any() for img in as_uint8[:4])
+    # another generator without reals: None (Clone's documented fallback to G's samples)
+    assert invert.load_reals(support.job_config(gen_dir, method="clone"), pre) is None

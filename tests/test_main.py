@@ -68,7 +68,7 @@ def test_end_to_end_tiny(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "invert: 5/5 images (100.0%)" in r.stderr and "images/s" in r.stderr
     rows = (wd / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "id,path,method,mse,psnr,ssim,lpips,iterations,seconds,status"
+    assert rows[0] == "id,path,method,mse,psnr,ssim,ms_ssim,lpips,iterations,seconds,status"
     assert len(rows) == 6
     summary = json.loads((wd / "summary.json").read_text())
     assert summary["complete"] and summary["config"]["steps"] == 3

@@ -70,16 +70,44 @@ def load_generator(spec: str):
 
 def load_reals(config, pre: sources.Preprocess) -> Optional[np.ndarray]:
     """Clone's global GAN loss: `config.reals.num` real images from `config.reals.path` or
-    `.tfds_name` (None: Clone falls back to samples of the frozen G, see inversion/clone.py)."""
+    `.tfds_name`; with neither, for the default model, its training data (the Fashion-MNIST
+    TRAIN split, padded like the training images, a seeded random subset). None (another G with
+    no reals given): Clone falls back to samples of the frozen G, see inversion/clone.py."""
     rc = config.reals
-    if not int(rc.num) or not (rc.path or rc.tfds_name):
+    if not int(rc.num):
         return None
+    if not (rc.path or rc.tfds_name):
+        if config.generator != "default":
+            return None
+        from ganinv_jax import data as data_lib
+        from ganinv_jax.data.pipeline import to_model_range
+        try:
+            train = data_lib.load_fashion_mnist("train", resolution=pre.resolution,
+                                                channels=pre.channels)
+        except (OSError, ValueError, data_lib.DatasetError) as e:
+            raise JobError(f"config.reals: the default model's reals are the Fashion-MNIST train "
+                           f"split ({e}); install dataset-fashion-mnist or set "
+                           "config.reals.path") from None
+        pick = np.random.default_rng(int(config.seed)).choice(
+            len(train), size=min(int(rc.num), len(train)), replace=False)
+        return to_model_range(train[np.sort(pick)])
     src = sources.open_source(rc)   # same keys as config.data
     got = [img for img, _ in src.load_many(range(min(int(rc.num), len(src))), pre)
            if img is not None]
     if not got:
         raise JobError(f"config.reals: no readable images in {src.describe()}")
     return np.stack(got)
+
+
+def resolve_init(config, has_encoder: bool) -> str:
+    """config.init='auto' -> each method's paper start: latent_opt starts at the encoder (mean w
+    without one); the tuning methods (PTI, Clone, GMM) tune around a projected pivot
+    ('latent_opt': `init_steps` of latent optimization, itself started at the encoder)."""
+    if config.init != "auto":
+        return config.init
+    if config.method in ("pti", "clone", "gmm"):
+        return "latent_opt"
+    return "encoder" if has_encoder else "mean_w"
 
 
 def validate(config) -> None:
@@ -92,6 +120,8 @@ def validate(config) -> None:
         raise JobError(f"config.steps_per_call must be > 0, got {config.steps_per_call}")
     if config.init not in INITS:
         raise JobError(f"config.init={config.init!r}: choose one of {', '.join(INITS)}")
+    if config.init_space not in ("w", "w+"):
+        raise JobError(f"config.init_space={config.init_space!r}: 'w' or 'w+'")
     if config.data.resize_mode not in ("crop", "pad"):
         raise JobError(f"config.data.resize_mode={config.data.resize_mode!r}: 'crop' or 'pad'")
 
@@ -115,6 +145,7 @@ class Context:
     slots: int               # L: images per process per chunk
     manifest: manifest_lib.Manifest
     init: str                # the resolved config.init
+    init_cfg: Any = None     # latent_opt's config of the pivot projection (init='latent_opt')
 
     @property
     def chunk_size(self) -> int:
@@ -124,11 +155,23 @@ class Context:
         return os.path.join(self.workdir, *parts)
 
 
-def run_settings(config, source, pre, mcfg, gan_cfg, init: str) -> dict:
+def pivot_config(config, has_encoder: bool):
+    """latent_opt's config for the pivot projection: `config.latent_opt` (its loss), in
+    `config.init_space`, `config.init_steps` steps, no noise ramp from an encoder start."""
+    cfg = methods_lib.method_config(config, methods_lib.get("latent_opt"))
+    cfg.space = config.init_space
+    cfg.num_steps = int(config.init_steps)
+    if has_encoder:
+        cfg.initial_noise_factor = 0.0     # the projector's noise ramp is for a mean-w start
+    return cfg
+
+
+def run_settings(config, source, pre, mcfg, gan_cfg, init: str, init_cfg=None) -> dict:
     """What a resumed run must share with the original (batching settings may change)."""
     return {"method": config.method, "method_config": json.loads(mcfg.to_json_best_effort()),
             "steps": int(config.steps), "seed": int(config.seed), "init": init,
-            "init_steps": int(config.init_steps) if init == "latent_opt" else None,
+            "init_config": (json.loads(init_cfg.to_json_best_effort())
+                            if init_cfg is not None else None),
             "generator": os.path.abspath(config.generator) if config.generator != "default"
             else "default", "generator_config": json.loads(json.dumps(gan_cfg, default=str)),
             "source": source.describe(), "listing": source.fingerprint(),
@@ -147,7 +190,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     gan = load_generator(config.generator)
     g_cfg = gan.config
     has_encoder = bool(gan.config.d_w_head and "D" in gan.params)
-    init = config.init if config.init != "auto" else ("encoder" if has_encoder else "mean_w")
+    init = resolve_init(config, has_encoder)
     if init == "encoder" and not has_encoder:
         raise JobError(f"config.init='encoder': generator {config.generator!r} has no encoder "
                        "(InvGAN w-head); use config.init=mean_w or latent_opt")
@@ -167,7 +210,8 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     if len(global_devices) != len(local) * nproc:
         raise JobError(f"uneven hosts: {len(global_devices)} devices over {nproc} processes "
                        f"with {len(local)} here")
-    settings = run_settings(config, source, pre, mcfg, g_cfg.to_dict(), init)
+    init_cfg = pivot_config(config, has_encoder) if init == "latent_opt" else None
+    settings = run_settings(config, source, pre, mcfg, g_cfg.to_dict(), init, init_cfg)
     m = manifest_lib.Manifest.open(workdir, settings)   # ResumeMismatch -> one line
     from ganinv_jax.inversion import base
     from ganinv_jax import losses
@@ -183,7 +227,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
                    mcfg=mcfg, frozen=frozen, gan=gan, lpips=lpips_params, devices=local,
                    global_devices=global_devices, pid=jax.process_index() if devices is None
                    else 0, nproc=nproc, slots=int(config.batch_size) * len(local), manifest=m,
-                   init=init)
+                   init=init, init_cfg=init_cfg)
 
 
 # ----------------------------------------------------------------------------- one chunk
@@ -191,7 +235,8 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
 
 @functools.partial(jax.jit, static_argnames=("win", "net"))
 def image_metrics(lpips_params, images, recon, win: int = 11, net: str = "vgg") -> dict:
-    """Per-image MSE (on [0, 1] images, so PSNR = -10 log10 MSE), PSNR, SSIM and LPIPS of the
+    """Per-image MSE (on [0, 1] images, so PSNR = -10 log10 MSE), PSNR, SSIM, MS-SSIM (scales and
+    window for the image size: `losses.ms_ssim_settings`) and LPIPS of the
     clipped reconstruction (what the PNG holds). Gray images are repeated to RGB for LPIPS and
     images below the backbone's minimum size are upsampled (nearest) to it."""
     from ganinv_jax import losses
@@ -206,6 +251,7 @@ def image_metrics(lpips_params, images, recon, win: int = 11, net: str = "vgg") 
         x, y = (jnp.repeat(jnp.repeat(a, f, 1), f, 2) for a in (x, y))
     return {"mse": mse01, "psnr": -10.0 * jnp.log10(mse01),
             "ssim": losses.ssim(images, recon, win_size=win),
+            "ms_ssim": losses.ms_ssim_any_size(images, recon),
             "lpips": losses.lpips_apply(lpips_params, x, y, net=net)}
 
 
@@ -215,20 +261,21 @@ def my_slots(ctx: Context, chunk: Sequence[int]) -> list[int]:
 
 
 def initial_latents(ctx: Context, images: np.ndarray, ids: np.ndarray):
-    """config.init: the mean w (None: the engine's default), the InvGAN w-head, or latent
-    optimization in W (`config.init_steps` steps, PTI's pivot recipe)."""
+    """config.init: the mean w (None: the engine's default), the InvGAN w-head, or a projected
+    pivot: latent optimization (`config.latent_opt`'s loss, in `config.init_space`,
+    `config.init_steps` steps; PTI's pivot recipe), started at the encoder when G has one."""
     from ganinv_jax.inversion import init_latents
     if ctx.init == "mean_w":
         return None
+    has_encoder = bool(ctx.gan.config.d_w_head and "D" in ctx.gan.params)
+    encoded = (init_latents.from_encoder(ctx.gan.encode, images, ctx.frozen)
+               if has_encoder else None)
     if ctx.init == "encoder":
-        return init_latents.from_encoder(ctx.gan.encode, images, ctx.frozen)
-    from ganinv_jax.inversion import latent_opt
-    cfg = latent_opt.default_config()
-    cfg.space = "w"
-    cfg.num_steps = int(ctx.config.init_steps)
+        return encoded
     return init_latents.from_latent_opt(
-        ctx.frozen, images, ids, cfg=cfg, seed=int(ctx.config.seed), strategy=ctx.config.strategy,
-        steps_per_call=int(ctx.config.steps_per_call), devices=ctx.devices)
+        ctx.frozen, images, ids, cfg=ctx.init_cfg, seed=int(ctx.config.seed), start=encoded,
+        strategy=ctx.config.strategy, steps_per_call=int(ctx.config.steps_per_call),
+        devices=ctx.devices)
 
 
 def load_slots(ctx: Context, chunk: Sequence[int]) -> list:

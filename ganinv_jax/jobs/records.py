@@ -23,10 +23,10 @@ STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED: "failed"
 OK_STATUSES = (CONVERGED, MAX_STEPS)
 REASON_BYTES = 240   # reasons travel between hosts as fixed-size uint8 rows
 
-METRIC_COLUMNS = ("id", "path", "method", "mse", "psnr", "ssim", "lpips", "iterations",
-                  "seconds", "status")
+METRIC_COLUMNS = ("id", "path", "method", "mse", "psnr", "ssim", "ms_ssim", "lpips",
+                  "iterations", "seconds", "status")
 FAILURE_COLUMNS = ("id", "path", "reason")
-METRIC_KEYS = ("mse", "psnr", "ssim", "lpips")
+METRIC_KEYS = ("mse", "psnr", "ssim", "ms_ssim", "lpips")
 
 
 def encode_reasons(reasons: Sequence[str]) -> np.ndarray:
@@ -70,7 +70,9 @@ def metric_rows(chunk: dict, paths: Sequence[str], method: str) -> list[list[str
         if status == EMPTY:
             continue
         i = int(chunk["ids"][j])
-        rows.append([str(i), paths[i], method] + [_fmt(chunk[k][j]) for k in METRIC_KEYS]
+        # a chunk written before a metric existed (a resumed older run) reports it as nan
+        rows.append([str(i), paths[i], method]
+                    + [_fmt(chunk[k][j]) if k in chunk else "nan" for k in METRIC_KEYS]
                     + [str(int(chunk["iterations"][j])), f"{float(chunk['seconds'][j]):.3f}",
                        STATUS_NAMES[status]])
     return rows
@@ -119,7 +121,8 @@ def aggregate(chunks: Sequence[dict]) -> dict:
     out = {"images": int(keep.sum()),
            "counts": {name: int((status == code).sum()) for code, name in STATUS_NAMES.items()}}
     for k in METRIC_KEYS + ("iterations", "seconds"):
-        v = np.concatenate([c[k] for c in chunks])[keep][ok].astype(np.float64)
+        v = np.concatenate([c[k] if k in c else np.full(c["status"].shape, np.nan)
+                            for c in chunks])[keep][ok].astype(np.float64)
         v = v[np.isfinite(v)]
         out[k] = ({"mean": float(v.mean()), "median": float(np.median(v)),
                    "min": float(v.min()), "max": float(v.max())} if v.size else None)

@@ -25,4 +25,5 @@ from ganinv_jax.losses.seed000 import (MU_PRESETS, AttentionConfig, ImageLossCon
                                        aligned_boxes, attention_image_loss, finetune_loss,
                                        image_loss, image_loss_terms, latent_cycle_loss,
                                        latent_loss, pretrain_loss)
-from ganinv_jax.losses.structural import MS_SSIM_WEIGHTS, ms_ssim, psnr, ssim
+from ganinv_jax.losses.structural import (MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_any_size,
+                                         ms_ssim_settings, psnr, ssim)

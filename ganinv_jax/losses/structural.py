@@ -121,6 +121,31 @@ def ms_ssim(x: jax.Array, y: jax.Array, weights: Sequence[float] = MS_SSIM_WEIGH
                       tuple(float(v) for v in k))
 
 
+def ms_ssim_settings(size: int, min_levels: int = 3) -> tuple[tuple[float, ...], int]:
+  """(weights, win_size) of MS-SSIM for images whose shorter side is `size` px.
+
+  Above 160 px: the standard 5 scales with an 11 px window. Smaller images (the 32/64 px models
+  of this project) keep the most scales an 11 px window allows, and when that is fewer than
+  `min_levels`, shrink the window (7, 5, 3) until `min_levels` fit; the weights are the first
+  scales' standard weights renormalized to sum to 1. 32 px -> 3 scales, 7 px window; 64 px ->
+  3 scales, 11 px. Both settings are reported beside the values (they change the numbers)."""
+  for win in (11, 7, 5, 3):
+    levels = max((lv for lv in range(1, len(MS_SSIM_WEIGHTS) + 1)
+                  if (win - 1) * 2 ** (lv - 1) < size), default=0)
+    if levels == len(MS_SSIM_WEIGHTS):
+      return MS_SSIM_WEIGHTS, win
+    if levels >= min_levels or (win == 3 and levels >= 1):
+      w = MS_SSIM_WEIGHTS[:levels]
+      return tuple(v / sum(w) for v in w), win
+  raise ValueError(f"ms_ssim: images of {size} px are too small for any scale")
+
+
+def ms_ssim_any_size(x: jax.Array, y: jax.Array) -> jax.Array:
+  """`ms_ssim` with `ms_ssim_settings` for the images' size (per image, [N])."""
+  weights, win = ms_ssim_settings(min(x.shape[1:3]))
+  return ms_ssim(x, y, weights=weights, win_size=win)
+
+
 @functools.partial(jax.jit, static_argnames=("weights", "win_size", "win_sigma", "k"))
 def _ms_ssim_jit(x, y, weights, win_size, win_sigma, k):
   levels = len(weights)
