@@ -115,3 +115,18 @@ def test_errors():
     L.psnr(jnp.zeros((64, 64, 3)), jnp.zeros((64, 64, 3)))
   # fewer scales allow smaller images
   assert L.ms_ssim(x, x, weights=(0.5, 0.5), win_size=7).shape == (1,)
+
+
+def test_ms_ssim_settings_for_small_images():
+  weights, win = L.ms_ssim_settings(256)
+  assert weights == L.MS_SSIM_WEIGHTS and win == 11        # the standard setting, untouched
+  for size, (levels, want_win) in {32: (3, 7), 64: (3, 11), 128: (4, 11), 16: (3, 3)}.items():
+    weights, win = L.ms_ssim_settings(size)
+    assert (len(weights), win) == (levels, want_win), size
+    assert abs(sum(weights) - 1) < 1e-9 and (win - 1) * 2 ** (levels - 1) < size
+  x = F.photos(32)
+  y = F.noisy(x, 0.2)
+  got = np.asarray(L.ms_ssim_any_size(x, y))
+  want = np.asarray(L.ms_ssim(x, y, weights=L.ms_ssim_settings(32)[0], win_size=7))
+  np.testing.assert_array_equal(got, want)
+  assert np.all(got < 0.99) and np.allclose(np.asarray(L.ms_ssim_any_size(x, x)), 1.0, atol=1e-5)
