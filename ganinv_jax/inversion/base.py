@@ -237,6 +237,12 @@ def tree_sub(a: PyTree, b: PyTree) -> PyTree:
     return jax.tree_util.tree_map(jnp.subtract, a, b)
 
 
+def relative_change(new: PyTree, old: PyTree) -> Array:
+    """||new - old|| / ||old|| over all leaves (L2): how far tuned weights moved from the base."""
+    sq = lambda t: sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(t))  # noqa: E731
+    return jnp.sqrt(sq(tree_sub(new, old)) / jnp.maximum(sq(old), 1e-30))
+
+
 def check_latent(latent: Array, g_cfg: sg2.StyleGAN2Config) -> Array:
     """[w_dim] or [num_ws, w_dim] -> [num_ws, w_dim] float32."""
     latent = jnp.asarray(latent, jnp.float32)

@@ -112,7 +112,7 @@ def g_loss(g_params, d_params, frozen, ws, image, local, z, noise_key, cfg):
     global_loss = jnp.mean(gan_losses.g_nonsaturating_loss(logits[1:]))
     loss = jnp.where(local, local_loss, 0.0) + cfg.global_weight * global_loss
     return loss, dict(x_star=x_star, fakes=fakes, recon=recon, g_global=global_loss,
-                      g_local=local_loss)
+                      g_local=local_loss, logit_query=logits[0])
 
 
 def d_loss(d_params, frozen, image, x_star, fakes, reals, local, t, cfg):
@@ -131,7 +131,8 @@ def d_loss(d_params, frozen, image, x_star, fakes, reals, local, t, cfg):
                           lambda x: jnp.zeros((), jnp.float32), real_batch)
     r1_term = gan_losses.lazy_reg_gain(cfg.r1_interval) * cfg.r1_gamma / 2.0 * r1
     loss = jnp.where(local, local_loss, 0.0) + cfg.global_weight * (global_loss + r1_term)
-    return loss, dict(d_global=global_loss, d_local=local_loss, r1=r1)
+    return loss, dict(d_global=global_loss, d_local=local_loss, r1=r1,
+                      logit_target=real_logits[0])
 
 
 def step(state, frozen: base.Frozen, cfg):
@@ -151,9 +152,15 @@ def step(state, frozen: base.Frozen, cfg):
     new = dict(state, t=state["t"] + 1, key=key, g=optax.apply_updates(state["g"], g_up),
                d=optax.apply_updates(state["d"], d_up), g_opt=g_opt, d_opt=d_opt)
     mse = base.mse1(gaux["x_star"][0], state["image"])
+    # Diagnostics (curves in benchmarks/sweep_method.py): D's logits on the reconstruction
+    # G(w) and on the target x, and how far G's synthesis weights moved from the base (relative
+    # L2 over all synthesis params).
     metrics = dict(loss=gl, recon=gaux["recon"], mse=mse, local=local.astype(jnp.float32),
                    g_global=gaux["g_global"], g_local=gaux["g_local"], d_loss=dl,
-                   d_global=daux["d_global"], r1=daux["r1"])
+                   d_global=daux["d_global"], r1=daux["r1"], logit_query=gaux["logit_query"],
+                   logit_target=daux["logit_target"],
+                   drift=base.relative_change(new["g"]["synthesis"],
+                                              frozen.g["params"]["synthesis"]))
     return new, metrics
 
 

@@ -212,7 +212,13 @@ def step(state, frozen: base.Frozen, cfg):
                            + cfg.reg_lpips_weight * base.perceptual(frozen, tuned, orig,
                                                                     cfg.perceptual))
         loss = rec + cfg.id_weight * idl + cfg.reg_weight * reg
-        return loss, dict(loss=loss, mse=l2, perceptual=lp, id=idl, reg=reg)
+        # drift: ||θ' - θ0|| / ||θ0|| of the conv weights this step used (diagnostic curve)
+        # and grad_rel: ||g|| / ||θ0||, the size of the gradient the modules are fed
+        conv0 = {k: _get(theta0, k.split("/")) for k in state["g"]}
+        drift = base.relative_change({k: _get(theta, k.split("/")) for k in state["g"]}, conv0)
+        grad_rel = base.relative_change(base.tree_sub(conv0, state["g"]), conv0)
+        return loss, dict(loss=loss, mse=l2, perceptual=lp, id=idl, reg=reg, drift=drift,
+                          grad_rel=grad_rel)
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state["phi"].fast)
     updates, opt = _tx(cfg).update(grads, state["opt"], state["phi"])

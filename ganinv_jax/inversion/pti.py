@@ -95,6 +95,7 @@ def step(state, frozen: base.Frozen, cfg):
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"])
     updates, opt = _tx(cfg).update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    metrics["drift"] = base.relative_change(params, frozen.g["params"]["synthesis"])
     return dict(state, t=state["t"] + 1, key=key, params=params, opt=opt), metrics
 
 

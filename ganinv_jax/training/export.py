@@ -66,6 +66,28 @@ def reconstruction_grid(nets, g_vars, d_params, test_images, n: int = 16) -> np.
     return invgan.image_grid(np.concatenate(rows), 8)
 
 
+def generated_images(gan, n: int, seed: int = 0, batch: int = 500) -> np.ndarray:
+    """n samples G(mapping(z)) of a `pretrained` GAN (z ~ N(0, I) from `seed`, constant noise,
+    no truncation), NHWC float32, in batches of `batch` (one compiled shape)."""
+    z = np.asarray(jax.random.normal(jax.random.key(seed), (n, gan.config.z_dim)))
+    fn = jax.jit(lambda z: gan.generate(z))
+    out = []
+    for i in range(0, n, batch):
+        zb = z[i:i + batch]
+        pad = batch - zb.shape[0]
+        imgs = np.asarray(fn(np.concatenate([zb, np.zeros((pad, zb.shape[1]), zb.dtype)])
+                             if pad else zb))
+        out.append(imgs[:batch - pad])
+    return np.concatenate(out)
+
+
+def sample_fd_vgg16(gan, real_images: np.ndarray, n: int, seed: int = 0) -> float:
+    """`losses.metrics.fd_vgg16` of n generated samples against the first n `real_images`."""
+    from ganinv_jax.losses import metrics
+    n = min(n, len(real_images))
+    return metrics.fd_vgg16(generated_images(gan, n, seed), real_images[:n])
+
+
 def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
     """All scalars from the workdir's TensorBoard event files."""
     import tensorflow as tf
@@ -137,6 +159,9 @@ def model_card(config, nets, res: dict, note: str = "") -> str:
         f"G_ema {res['test_mae_g_ema']:.4f}, raw G {res['test_mae_g']:.4f}.",
         f"Time per inferred latent (D_w, batch 256, this CPU): "
         f"{res['sec_per_latent_cpu'] * 1e3:.2f} ms.",
+        *([f"Sample quality: FD-VGG16 (`losses.metrics.fd_vgg16`, {res['fd_n']} G_ema samples "
+           f"vs {res['fd_n']} test images) = {res['fd_vgg16']:.2f} (lower is better)."]
+          if "fd_vgg16" in res else []),
         "",
         "Files: `samples.png` (64 random G_ema samples), `reconstructions.png` (rows of real, "
         "G_ema(D_w(real)), |difference|), `curves.csv`/`curves.png` (training losses), "
@@ -147,7 +172,7 @@ def model_card(config, nets, res: dict, note: str = "") -> str:
 
 
 def export(config, workdir: str, out: str, num_test: int = 0, step=None,
-           source_note: str = "") -> dict:
+           source_note: str = "", fd_n: int = 10000) -> dict:
     """Write the DIR (atomically: temp sibling then rename; an existing `out` is replaced)."""
     from ganinv_jax import pretrained
     if config.backbone != "stylegan2":
@@ -183,6 +208,8 @@ def export(config, workdir: str, out: str, num_test: int = 0, step=None,
                "test_mae_g": invgan.test_reconstruction_mae(nets, gan.params["G"], d_params,
                                                             test),
                "sec_per_latent_cpu": invgan.time_per_latent(nets, d_params, test)}
+        if fd_n:     # sample quality: offline FID in ImageNet-VGG16 features, N of each side
+            res.update(fd_vgg16=sample_fd_vgg16(gan, test, fd_n), fd_n=min(fd_n, len(test)))
         with open(os.path.join(tmp, "eval.json"), "w") as f:
             json.dump(res, f, indent=2)
         with open(os.path.join(tmp, "MODEL.md"), "w") as f:
@@ -203,10 +230,12 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_test", 0, "test images for the MAE (0: all 10000)")
     flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
     flags.DEFINE_string("note", "", "free text recorded in config.json source.note")
+    flags.DEFINE_integer("fd_n", 10000, "samples and test images for FD-VGG16 (0: skip)")
     flags.mark_flags_as_required(["config", "workdir", "out"])
 
     def _main(argv):
         del argv
         F = flags.FLAGS
-        print(json.dumps(export(F.config, F.workdir, F.out, F.num_test, F.step, F.note)))
+        print(json.dumps(export(F.config, F.workdir, F.out, F.num_test, F.step, F.note,
+                                F.fd_n)))
     app.run(_main)
