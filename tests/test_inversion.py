@@ -326,6 +326,24 @@ def test_gmm_identity_start_and_sign(setup, gmm_state):
                                rtol=1e-6)
 
 
+def test_gmm_rms_weight_identity_is_a_normalized_gradient_step(setup, gmm_state):
+    # grad_norm='rms_weight': an identity module moves each conv weight by out_scale * rms(θ0)
+    # along -g / rms(g) (a step of relative size out_scale, whatever the gradient's scale)
+    fr = setup[0]
+    st, c = gmm_state
+    c = c.copy_and_resolve_references()
+    c.grad_norm, c.out_scale = "rms_weight", 0.01
+    theta0 = fr.g["params"]["synthesis"]
+    theta = gmm.tuned_params(st["phi"].fast, theta0, st["g"], c)
+    rms = lambda t: np.sqrt(np.mean(np.square(np.asarray(t))))   # noqa: E731
+    for path in gmm.conv_paths(theta0):
+        w0, g = np.asarray(gmm._get(theta0, path)), np.asarray(st["g"]["/".join(path)])
+        np.testing.assert_allclose(gmm._get(theta, path), w0 - 0.01 * rms(w0) * g / rms(g),
+                                   rtol=1e-4, atol=1e-6)
+        step = np.asarray(gmm._get(theta, path)) - w0
+        np.testing.assert_allclose(rms(step) / rms(w0), 0.01, rtol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def gmm_runs(setup):
     fr, imgs = setup
