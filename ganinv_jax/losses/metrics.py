@@ -15,10 +15,11 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from ganinv_jax import atomic
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -80,17 +81,9 @@ def report(per_image: Mapping[str, object], image_ids: Sequence[str] | None = No
 
 
 def _atomic_write(path: str, text: str) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w", newline="") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with atomic.atomic_open(path, "w", newline="") as f:
+    f.write(text)
 
 
 def write_report(out_prefix: str, per_image: Mapping[str, object],
