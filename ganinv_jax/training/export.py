@@ -208,7 +208,8 @@ def export(config, workdir: str, out: str, num_test: int = 0, step=None,
                "test_mae_g": invgan.test_reconstruction_mae(nets, gan.params["G"], d_params,
                                                             test),
                "sec_per_latent_cpu": invgan.time_per_latent(nets, d_params, test)}
-        if fd_n:     # sample quality: offline FID in ImageNet-VGG16 features, N of each side
+        if fd_n and nets.model_config.resolution >= 32:   # fd_vgg16 needs >= 32 px
+            # sample quality: offline FID in ImageNet-VGG16 features, N of each side
             res.update(fd_vgg16=sample_fd_vgg16(gan, test, fd_n), fd_n=min(fd_n, len(test)))
         with open(os.path.join(tmp, "eval.json"), "w") as f:
             json.dump(res, f, indent=2)
