@@ -52,7 +52,9 @@ def test_config_contract():
     from ganinv_jax.inversion import latent_opt, pti
     assert c.latent_opt.initial_lr == latent_opt.default_config().initial_lr
     assert "num_steps" not in c.latent_opt      # config.steps is the one source of truth
-    assert c.pti.lr == pti.default_config().lr
+    # the job's one PTI departure (documented in the config): lr 3e-3 around a W+ pivot
+    assert c.pti.lr == 3e-3 and c.init_space == "w+" and pti.default_config().lr == 3e-4
+    assert c.pti.reg_weight == pti.default_config().reg_weight
     assert load_config("tiny").steps < c.steps
     assert c.sample.num > 0                      # task 'sample' keeps working
     with pytest.raises(ValueError):
