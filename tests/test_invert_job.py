@@ -579,3 +579,18 @@ def test_clone_reals_default_to_the_default_models_training_split(gen_dir):
     assert all((train == img).all(axis=(1, 2, 3)).any() for img in as_uint8[:4])
     # another generator without reals: None (Clone's documented fallback to G's samples)
     assert invert.load_reals(support.job_config(gen_dir, method="clone"), pre) is None
+
+
+def test_tuning_method_runs_around_a_projected_pivot(tmp_path, gen_dir, images_npy):
+    """init=auto with PTI: the job projects a pivot (latent_opt, init_steps) and tunes around it;
+    the manifest records the pivot's config so a resume with another pivot is refused."""
+    wd = str(tmp_path / "w")
+    config = support.job_config(gen_dir, data__path=images_npy, method="pti", steps=2,
+                                steps_per_call=2, init_steps=2, pti__perceptual="none")
+    invert.run(config, wd)
+    settings = json.load(open(os.path.join(wd, "manifest.json")))["run"]
+    assert settings["init"] == "latent_opt"
+    assert settings["init_config"]["num_steps"] == 2 and settings["init_config"]["space"] == "w+"
+    rows = read_rows(wd)
+    assert len(rows) == len(np.load(images_npy))
+    assert all(r["status"] in ("converged", "max_steps") for r in rows)

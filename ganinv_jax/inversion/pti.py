@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.reg_lpips_weight = 0.1
     # PTI's code stops at LPIPS < 0.06 (only with perceptual='lpips'). Off by default: from a
     # projected pivot on the default model it ended 98% of runs within 17 steps at 1.0-1.1x the
-    # pivot's MSE, while the paper budget (350 steps) reaches 2.8x (README). 0.06 restores it.
+    # pivot's MSE, while 300 steps at the paper's lr reach 2.8x (README). 0.06 restores it.
     c.stop_lpips = -1.0
     c.stop_mse = -1.0               # < 0: off
     return c

@@ -145,6 +145,7 @@ class Context:
     slots: int               # L: images per process per chunk
     manifest: manifest_lib.Manifest
     init: str                # the resolved config.init
+    has_encoder: bool = False    # G's D has the InvGAN w head (init 'encoder' / pivot start)
     init_cfg: Any = None     # latent_opt's config of the pivot projection (init='latent_opt')
 
     @property
@@ -227,7 +228,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
                    mcfg=mcfg, frozen=frozen, gan=gan, lpips=lpips_params, devices=local,
                    global_devices=global_devices, pid=jax.process_index() if devices is None
                    else 0, nproc=nproc, slots=int(config.batch_size) * len(local), manifest=m,
-                   init=init, init_cfg=init_cfg)
+                   init=init, has_encoder=has_encoder, init_cfg=init_cfg)
 
 
 # ----------------------------------------------------------------------------- one chunk
@@ -267,9 +268,8 @@ def initial_latents(ctx: Context, images: np.ndarray, ids: np.ndarray):
     from ganinv_jax.inversion import init_latents
     if ctx.init == "mean_w":
         return None
-    has_encoder = bool(ctx.gan.config.d_w_head and "D" in ctx.gan.params)
     encoded = (init_latents.from_encoder(ctx.gan.encode, images, ctx.frozen)
-               if has_encoder else None)
+               if ctx.has_encoder else None)
     if ctx.init == "encoder":
         return encoded
     return init_latents.from_latent_opt(
