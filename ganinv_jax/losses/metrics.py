@@ -11,6 +11,7 @@ writes atomically (temp file + rename) so a crash never leaves a half-written re
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -142,6 +143,25 @@ def _fd_images(images, name: str) -> np.ndarray:
   return x
 
 
+@functools.lru_cache(maxsize=None)
+def _pooled_vgg16_jit():
+  """One jitted feature function for every call (a fresh closure per call would recompile)."""
+  import jax  # local: the rest of this module is host-only numpy
+  import jax.numpy as jnp
+  from ganinv_jax.losses import perceptual
+
+  @functools.partial(jax.jit, static_argnames=("size", "layer"))
+  def pooled(params, batch, size, layer):
+    batch = jax.image.resize(batch, (batch.shape[0], size, size, 3), "bilinear")
+    acts = perceptual.backbone_features(params, batch, net="vgg")
+    return jnp.mean(acts[layer], axis=(1, 2))
+  return pooled
+
+
+def _pooled_vgg16(params, batch, size, layer):
+  return _pooled_vgg16_jit()(params, batch, size=size, layer=layer)
+
+
 def vgg16_pooled_features(images, *, params=None, batch_size: int = 200,
                           size: int = FD_VGG16_SIZE, layer: str = FD_VGG16_LAYER) -> np.ndarray:
   """[N, 512] spatial means of ImageNet-VGG16's `layer` activations (ReLU outputs) of NHWC
@@ -149,19 +169,12 @@ def vgg16_pooled_features(images, *, params=None, batch_size: int = 200,
 
   Resizing puts images of any resolution on one grid, so two sets compare by content, not by
   size (VGG16's conv5 maps are 2x2 at 32 px, 4x4 at 64 px)."""
-  import jax  # local: the rest of this module is host-only numpy
-  import jax.numpy as jnp
   from ganinv_jax.losses import perceptual
 
   x = _fd_images(images, "images")
   params = perceptual.load_lpips_params("vgg") if params is None else params
 
-  @jax.jit
-  def pooled(p, batch):
-    batch = jax.image.resize(batch, (batch.shape[0], size, size, 3), "bilinear")
-    acts = perceptual.backbone_features(p, batch, net="vgg")
-    return jnp.mean(acts[layer], axis=(1, 2))
-
+  pooled = functools.partial(_pooled_vgg16, size=size, layer=layer)
   out = []
   for start in range(0, x.shape[0], batch_size):
     batch = np.asarray(x[start:start + batch_size], np.float32)
