@@ -14,6 +14,7 @@ alike):
 Reported: ms per image-step (median call), and each variant's speed-up over concat. Random
 weights of the `bench_inversion.py` models (speed does not depend on training), real LPIPS-VGG.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,46 +35,58 @@ def main():
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from ganinv_jax import losses
-    from ganinv_jax.inversion import base, engine
     from bench_inversion import _random_setup
+
+    from ganinv_jax import losses, sharding
+    from ganinv_jax.inversion import base, engine
 
     def concat_perceptual_to_image(frozen, x, target, cached, kind):
         """The pre-cache implementation: one LPIPS module call on concat([x, y])."""
         x, y = base.to_rgb(x), base.to_rgb(target)
         return losses.LPIPS(frozen.lpips_net).apply({"params": frozen.lpips}, x, y)
 
-    report = dict(model=a.model, k=a.k, calls=a.calls, backend=jax.default_backend(),
-                  load_avg_at_start=os.getloadavg()[0], methods={})
+    report = dict(
+        model=a.model,
+        k=a.k,
+        calls=a.calls,
+        backend=jax.default_backend(),
+        load_avg_at_start=os.getloadavg()[0],
+        methods={},
+    )
     split_fn = base.perceptual_to_image
     for method in a.methods.split(","):
         cfg, fr, m, c = _random_setup(a.model, method, lpips=True)
-        mesh = engine.make_mesh(jax.devices()[:1])
-        data, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+        mesh = sharding.make_mesh(1, explicit=True)
+        data, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         fr = jax.device_put(fr, repl)
         n = jax.device_put(jnp.asarray(a.k, jnp.int32), repl)
-        img = jax.random.uniform(jax.random.key(2), (1, cfg.resolution, cfg.resolution, 3),
-                                 minval=-1, maxval=1)
+        img = jax.random.uniform(
+            jax.random.key(2), (1, cfg.resolution, cfg.resolution, 3), minval=-1, maxval=1
+        )
         lat = base.mean_latent(fr)[None]
         runs = {}
         for variant in ("concat", "split", "cached"):
             cv = c.copy_and_resolve_references()
             cv.cache_target_features = variant == "cached"
-            base.perceptual_to_image = concat_perceptual_to_image if variant == "concat" \
-                else split_fn
-            try:      # __wrapped__: bypass the engine's compile cache (same cfg, other code)
+            base.perceptual_to_image = (
+                concat_perceptual_to_image if variant == "concat" else split_fn
+            )
+            try:  # __wrapped__: bypass the engine's compile cache (same cfg, other code)
                 init, run, _ = engine._compiled.__wrapped__(
-                    m, engine._freeze_cfg(cv), "map", 1, a.k, mesh, ())
-                carry = init(*jax.device_put(
-                    (jax.random.key(0)[None], img, lat, jnp.ones((1,), bool)), data), fr)
+                    m, engine._freeze_cfg(cv), "map", 1, a.k, mesh, ()
+                )
+                carry = init(
+                    *jax.device_put(
+                        (jax.random.key(0)[None], img, lat, jnp.ones((1,), bool)), data
+                    ),
+                    fr,
+                )
                 t0 = time.perf_counter()
                 compiled = run.lower(carry, n, fr).compile()
                 t_compile = time.perf_counter() - t0
             finally:
                 base.perceptual_to_image = split_fn
-            carry = jax.block_until_ready(compiled(carry, n, fr))        # warm-up
+            carry = jax.block_until_ready(compiled(carry, n, fr))  # warm-up
             runs[variant] = dict(fn=compiled, carry=carry, times=[], compile_s=t_compile)
         for _ in range(a.calls):
             for r in runs.values():
@@ -82,8 +95,13 @@ def main():
                 r["times"].append(time.perf_counter() - t0)
         ms = {v: 1e3 * float(np.median(r["times"])) / a.k for v, r in runs.items()}
         report["methods"][method] = {
-            v: dict(ms_per_image_step=round(ms[v], 2), speedup_vs_concat=round(ms["concat"] / ms[v], 3),
-                    compile_s=round(runs[v]["compile_s"], 1)) for v in runs}
+            v: dict(
+                ms_per_image_step=round(ms[v], 2),
+                speedup_vs_concat=round(ms["concat"] / ms[v], 3),
+                compile_s=round(runs[v]["compile_s"], 1),
+            )
+            for v in runs
+        }
         print(method, report["methods"][method], flush=True)
     report["load_avg_at_end"] = os.getloadavg()[0]
     text = json.dumps(report, indent=1)

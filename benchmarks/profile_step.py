@@ -12,6 +12,7 @@ per HLO op. Ops are grouped by kind (`ynn_fusion` = XNNPACK/YNNPACK GEMM fusions
 ops are listed with their output shapes from the optimized HLO (dumped to a temp dir).
 Profiling adds overhead: read the shares, and take speed from bench_vs_torch.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,10 @@ import sys
 import tempfile
 
 _DUMP = tempfile.mkdtemp(prefix="ganinv_hlo_")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_dump_to={_DUMP} --xla_dump_hlo_as_text"
-                           " --xla_dump_hlo_pass_re=NONE").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={_DUMP} --xla_dump_hlo_as_text"
+    " --xla_dump_hlo_pass_re=NONE"
+).strip()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _HOST_EVENTS = ("Thunk", "Pjit", "Slinky", "block_until", "Execute", "asarray", "$")
@@ -49,22 +51,26 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
 
+    import bench_inversion
     import jax
     import numpy as np
 
-    import bench_inversion
     from ganinv_jax.inversion import engine
     from ganinv_jax.ops import conv as conv_ops
 
     with conv_ops.use_impl(a.impl):
-        cfg, frozen, method, mcfg = bench_inversion._random_setup(a.model, a.method,
-                                                                  not a.no_lpips)
-        images = jax.random.uniform(jax.random.key(2), (a.batch, cfg.resolution, cfg.resolution,
-                                                        cfg.img_channels), minval=-1, maxval=1)
-        kw = dict(strategy=a.strategy, steps=a.steps, steps_per_call=a.steps,
-                  devices=jax.devices()[:1])
+        cfg, frozen, method, mcfg = bench_inversion._random_setup(a.model, a.method, not a.no_lpips)
+        images = jax.random.uniform(
+            jax.random.key(2),
+            (a.batch, cfg.resolution, cfg.resolution, cfg.img_channels),
+            minval=-1,
+            maxval=1,
+        )
+        kw = dict(
+            strategy=a.strategy, steps=a.steps, steps_per_call=a.steps, devices=jax.devices()[:1]
+        )
         ids = np.arange(a.batch)
-        engine.invert_batch(method, frozen, images, ids, None, mcfg, **kw)   # compile + warm
+        engine.invert_batch(method, frozen, images, ids, None, mcfg, **kw)  # compile + warm
         trace_dir = tempfile.mkdtemp(prefix="ganinv_trace_")
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             engine.invert_batch(method, frozen, images, ids, None, mcfg, **kw)
@@ -85,19 +91,27 @@ def main() -> None:
         return m.group(1) if m else "?"
 
     n = a.batch * a.steps
-    ms = lambda us: round(us / n / 1000, 3)   # noqa: E731 - microseconds -> ms per image-step
+    ms = lambda us: round(us / n / 1000, 3)  # noqa: E731 - microseconds -> ms per image-step
     kinds = collections.Counter()
     for name, us in per_op.items():
         kinds[_kind(name)] += us
     total = sum(per_op.values())
-    report = dict(method=a.method, model=a.model, batch=a.batch, steps=a.steps,
-                  conv_impl=impl, strategy=strategy,
-                  lpips=not a.no_lpips, op_ms_per_img_step=ms(total),
-                  by_kind_ms_per_img_step={k: ms(v) for k, v in kinds.most_common(20)},
-                  by_kind_share={k: round(v / total, 3) for k, v in kinds.most_common(20)},
-                  top_ops=[dict(op=k, ms_per_img_step=ms(v), shape=shape(k))
-                           for k, v in per_op.most_common(a.top)],
-                  loadavg=os.getloadavg())
+    report = dict(
+        method=a.method,
+        model=a.model,
+        batch=a.batch,
+        steps=a.steps,
+        conv_impl=impl,
+        strategy=strategy,
+        lpips=not a.no_lpips,
+        op_ms_per_img_step=ms(total),
+        by_kind_ms_per_img_step={k: ms(v) for k, v in kinds.most_common(20)},
+        by_kind_share={k: round(v / total, 3) for k, v in kinds.most_common(20)},
+        top_ops=[
+            dict(op=k, ms_per_img_step=ms(v), shape=shape(k)) for k, v in per_op.most_common(a.top)
+        ],
+        loadavg=os.getloadavg(),
+    )
     print(json.dumps(report, indent=1))
 
 

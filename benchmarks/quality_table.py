@@ -24,6 +24,7 @@ Convergence: the engine's per-call history gives each method's mean MSE curve (`
 latent_opt's final MSE for that image (over the images that got there; `reached_latent_opt`
 is that fraction).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,26 +38,47 @@ import jax.numpy as jnp
 import numpy as np
 
 from ganinv_jax import inversion as inv
-from ganinv_jax.inversion import base, gmm
 from ganinv_jax import losses
+from ganinv_jax.inversion import base, gmm
 from ganinv_jax.models import stylegan2 as sg2
 
-OOD_PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon", "page",
-              "horse", "cat", "text", "brick")
+OOD_PHOTOS = (
+    "camera",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "coins",
+    "moon",
+    "page",
+    "horse",
+    "cat",
+    "text",
+    "brick",
+)
 
 
 def load_generator(tiny: bool):
     if not tiny:
         try:
             from ganinv_jax import pretrained
+
             gan = pretrained.load("default", networks=["G_ema", "D"])
             encode = gan.encode if gan.config.d_w_head else None
             return gan.config, gan.params["G_ema"], gan.params["D"], encode, "default (trained)"
         except Exception as e:  # noqa: BLE001 - report and fall back
-            print(f"default model unavailable ({type(e).__name__}: {e}); using a random tiny G",
-                  file=sys.stderr)
-    cfg = sg2.StyleGAN2Config(resolution=32, channels=(32, 32, 16, 16), z_dim=32, w_dim=32,
-                              mapping_layers=2, img_channels=3)
+            print(
+                f"default model unavailable ({type(e).__name__}: {e}); using a random tiny G",
+                file=sys.stderr,
+            )
+    cfg = sg2.StyleGAN2Config(
+        resolution=32,
+        channels=(32, 32, 16, 16),
+        z_dim=32,
+        w_dim=32,
+        mapping_layers=2,
+        img_channels=3,
+    )
     gv = sg2.Generator(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.z_dim)))
     dv = sg2.Discriminator(cfg).init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)))
     return cfg, gv, dv, None, "random tiny G (NOT trained: pipeline check only)"
@@ -64,22 +86,25 @@ def load_generator(tiny: bool):
 
 def fashion_mnist_test(n: int, res: int) -> np.ndarray:
     from ganinv_jax.data import fashion_mnist
-    from ganinv_jax.data.pipeline import to_model_range
-    return to_model_range(fashion_mnist.load_fashion_mnist("test", resolution=res, channels=3)[:n])
+    from ganinv_jax.data.images import from_uint8
+
+    return from_uint8(fashion_mnist.load_fashion_mnist("test", resolution=res, channels=3)[:n])
 
 
 def clone_reals(n: int, res: int) -> np.ndarray:
-    """Clone's global loss takes real samples from G's training distribution: FMNIST TRAIN images."""
+    """Clone's global loss takes real samples from G's training distribution: FMNIST TRAIN
+    images."""
     from ganinv_jax.data import fashion_mnist
-    from ganinv_jax.data.pipeline import to_model_range
-    return to_model_range(fashion_mnist.load_fashion_mnist("train", resolution=res,
-                                                           channels=3)[:n])
+    from ganinv_jax.data.images import from_uint8
+
+    return from_uint8(fashion_mnist.load_fashion_mnist("train", resolution=res, channels=3)[:n])
 
 
 def ood_photos(n: int, res: int) -> np.ndarray:
     import skimage.data
     from skimage.color import rgb2gray
     from skimage.transform import resize
+
     out = []
     for name in OOD_PHOTOS[:n]:
         img = getattr(skimage.data, name)().astype(np.float32)
@@ -88,7 +113,7 @@ def ood_photos(n: int, res: int) -> np.ndarray:
             img = rgb2gray(img[..., :3])
         side = min(img.shape)
         top, left = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
-        img = resize(img[top:top + side, left:left + side], (res, res), anti_aliasing=True)
+        img = resize(img[top : top + side, left : left + side], (res, res), anti_aliasing=True)
         out.append(np.repeat(img[..., None] * 2.0 - 1.0, 3, axis=-1))
     return np.stack(out).astype(np.float32)
 
@@ -97,9 +122,13 @@ def quality(frozen, images, recon) -> dict:
     x, y = jnp.asarray(images), jnp.clip(jnp.asarray(recon), -1, 1)
     # MSE on the [0, 1] images (so PSNR = -10 log10 MSE), as the invert job reports it
     mse = np.asarray(jnp.mean((x - y) ** 2, axis=(1, 2, 3))) / 4.0
-    return dict(mse=mse, psnr=np.asarray(losses.psnr(x, y)), ssim=np.asarray(losses.ssim(x, y)),
-                ms_ssim=np.asarray(losses.ms_ssim_any_size(x, y)),
-                lpips=np.asarray(losses.lpips_apply(frozen.lpips, x, y, net="vgg")))
+    return dict(
+        mse=mse,
+        psnr=np.asarray(losses.psnr(x, y)),
+        ssim=np.asarray(losses.ssim(x, y)),
+        ms_ssim=np.asarray(losses.ms_ssim_any_size(x, y)),
+        lpips=np.asarray(losses.lpips_apply(frozen.lpips, x, y, net="vgg")),
+    )
 
 
 @jax.jit
@@ -107,8 +136,10 @@ def _drift(frozen, params, ws):
     """(MSE on [0, 1], LPIPS) between G0(w_r) and G_tuned(w_r), means over the latents."""
     orig = base.synthesize(frozen, ws)
     tuned = base.synthesize(frozen, ws, params)
-    return (jnp.mean(jnp.square(orig - tuned)) / 4.0,
-            jnp.mean(losses.lpips_apply(frozen.lpips, orig, tuned, net=frozen.lpips_net)))
+    return (
+        jnp.mean(jnp.square(orig - tuned)) / 4.0,
+        jnp.mean(losses.lpips_apply(frozen.lpips, orig, tuned, net=frozen.lpips_net)),
+    )
 
 
 def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) -> dict:
@@ -123,7 +154,7 @@ def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) -> dict:
         if method_name in ("pti", "clone"):
             delta = out["tuned"] if method_name == "pti" else out["tuned"]["synthesis"]
             p = jax.tree_util.tree_map(lambda d, b: b + d[i], delta, theta0)
-        else:   # gmm: rebuild θ' = θ0 - M_φ(g) from φ and g at θ0
+        else:  # gmm: rebuild θ' = θ0 - M_φ(g) from φ and g at θ0
             phi = jax.tree_util.tree_map(lambda a: a[i], out["tuned"])
             g = grads(frozen, jnp.asarray(out["latent"][i]), jnp.asarray(out["_images"][i]))
             p = gmm.tuned_params(phi, theta0, g, cfg)
@@ -134,9 +165,18 @@ def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) -> dict:
 
 def run_method(name, frozen, images, ids, init, cfg, steps, strategy, steps_per_call=10):
     t = time.perf_counter()
-    out = inv.invert_batch(inv.METHODS[name], frozen, images, ids, init, cfg, seed=0,
-                           steps=steps, steps_per_call=max(1, min(steps_per_call, steps)),
-                           strategy=strategy)
+    out = inv.invert_batch(
+        inv.METHODS[name],
+        frozen,
+        images,
+        ids,
+        init,
+        cfg,
+        seed=0,
+        steps=steps,
+        steps_per_call=max(1, min(steps_per_call, steps)),
+        strategy=strategy,
+    )
     out["_time_s"] = time.perf_counter() - t
     out["_images"] = images
     return out
@@ -161,8 +201,9 @@ def main():
     sets = {"fashion_mnist_test": fashion_mnist_test(a.n, g_cfg.resolution)}
     if a.ood:
         sets["ood_skimage"] = ood_photos(a.ood, g_cfg.resolution)
-    frozen = inv.make_frozen(g_cfg, gv, d_vars=dv, lpips="vgg",
-                             reals=clone_reals(a.reals, g_cfg.resolution))
+    frozen = inv.make_frozen(
+        g_cfg, gv, d_vars=dv, lpips="vgg", reals=clone_reals(a.reals, g_cfg.resolution)
+    )
     s = lambda n: max(1, int(round(n * a.steps_scale)))
     steps = dict(latent_opt=s(300), pti=s(200), clone=s(300), gmm=s(200))
     steps.update({k: int(v) for k, v in (kv.split("=") for kv in a.steps.split(",") if kv)})
@@ -171,9 +212,16 @@ def main():
     cfgs["latent_opt"].initial_noise_factor = 0.0 if encode else 0.05
     for m in ("pti", "clone", "gmm"):
         cfgs[m].num_steps = steps[m]
-    report = dict(generator=g_name, g_config=g_cfg.to_dict(), steps=steps,
-                  backend=jax.default_backend(), strategy=a.strategy, sets={},
-                  command=" ".join(sys.argv), load_avg_at_start=os.getloadavg()[0])
+    report = dict(
+        generator=g_name,
+        g_config=g_cfg.to_dict(),
+        steps=steps,
+        backend=jax.default_backend(),
+        strategy=a.strategy,
+        sets={},
+        command=" ".join(sys.argv),
+        load_avg_at_start=os.getloadavg()[0],
+    )
     methods = a.methods.split(",")
     # One batch holds every set (one compile per method); tables are split by set afterwards.
     names = list(sets)
@@ -186,14 +234,26 @@ def main():
     rows, outs = {}, {}
     if start is not None:
         rec = base.synthesize(frozen, jnp.asarray(start))
-        rows["encoder"] = dict(quality(frozen, images, rec), iterations=np.zeros(len(ids)),
-                               time_s=enc_time)
-    lo = run_method("latent_opt", frozen, images, ids, start, cfgs["latent_opt"],
-                    steps["latent_opt"], a.strategy, a.steps_per_call)
-    rows["latent_opt"] = dict(quality(frozen, images, lo["recon"]), iterations=lo["iterations"],
-                              time_s=lo["_time_s"])
+        rows["encoder"] = dict(
+            quality(frozen, images, rec), iterations=np.zeros(len(ids)), time_s=enc_time
+        )
+    lo = run_method(
+        "latent_opt",
+        frozen,
+        images,
+        ids,
+        start,
+        cfgs["latent_opt"],
+        steps["latent_opt"],
+        a.strategy,
+        a.steps_per_call,
+    )
+    rows["latent_opt"] = dict(
+        quality(frozen, images, lo["recon"]), iterations=lo["iterations"], time_s=lo["_time_s"]
+    )
     curves = {"latent_opt": lo}
     pivot = lo["latent"]
+
     def tables():
         for si, set_name in enumerate(names):
             sl = slice(bounds[si], bounds[si + 1])
@@ -202,15 +262,16 @@ def main():
                 table[m] = {k: float(np.mean(v[sl])) for k, v in r.items() if k != "time_s"}
                 # wall time of the whole batch (all sets) divided by its size
                 table[m]["time_s_per_image"] = r["time_s"] / len(ids)
-                if m in curves:     # latent_opt is its own target: only its curve is meaningful
+                if m in curves:  # latent_opt is its own target: only its curve is meaningful
                     target = None if m == "latent_opt" else rows["latent_opt"]["mse"]
                     table[m].update(convergence(curves[m], target, sl))
             for m in ("clone", "gmm", "pti"):
                 if m in table:
-                    table[m]["mse_ratio_latent_opt_over_method"] = \
-                        table["latent_opt"]["mse"] / max(table[m]["mse"], 1e-12)
+                    table[m]["mse_ratio_latent_opt_over_method"] = table["latent_opt"]["mse"] / max(
+                        table[m]["mse"], 1e-12
+                    )
             report["sets"][set_name] = dict(n=int(sl.stop - sl.start), table=table)
-        if a.out:   # partial results survive an interrupted run
+        if a.out:  # partial results survive an interrupted run
             with open(a.out, "w") as f:
                 json.dump(report, f, indent=1, default=_plain)
             with open(a.out + ".md", "w") as f:
@@ -220,11 +281,17 @@ def main():
     for m in methods:
         if m == "latent_opt":
             continue
-        out = run_method(m, frozen, images, ids, pivot, cfgs[m], steps[m], a.strategy,
-                         a.steps_per_call)
+        out = run_method(
+            m, frozen, images, ids, pivot, cfgs[m], steps[m], a.strategy, a.steps_per_call
+        )
         outs[m] = curves[m] = out
-        rows[m] = dict(quality(frozen, images, out["recon"]), iterations=out["iterations"],
-                       time_s=out["_time_s"], converged=out["converged"], failed=out["failed"])
+        rows[m] = dict(
+            quality(frozen, images, out["recon"]),
+            iterations=out["iterations"],
+            time_s=out["_time_s"],
+            converged=out["converged"],
+            failed=out["failed"],
+        )
         tables()
     # drift on 16 random latents: the default regularizer vs none, first --drift-images images
     drift_rows = {}
@@ -232,17 +299,21 @@ def main():
     for m in ("pti", "gmm", "clone"):
         if m not in outs or not len(sub):
             continue
-        drift_rows[m] = dict(with_reg=drift(frozen, m, outs[m], cfgs[m], sub),
-                             mse_with_reg=float(np.mean(rows[m]["mse"][sub])))
-        if m == "clone":     # no locality regularizer to switch off
+        drift_rows[m] = dict(
+            with_reg=drift(frozen, m, outs[m], cfgs[m], sub),
+            mse_with_reg=float(np.mean(rows[m]["mse"][sub])),
+        )
+        if m == "clone":  # no locality regularizer to switch off
             continue
         c0 = cfgs[m].copy_and_resolve_references()
         c0.reg_weight = 0.0
-        o0 = run_method(m, frozen, images[sub], ids[sub], pivot[sub], c0, steps[m], a.strategy,
-                        a.steps_per_call)
+        o0 = run_method(
+            m, frozen, images[sub], ids[sub], pivot[sub], c0, steps[m], a.strategy, a.steps_per_call
+        )
         drift_rows[m]["without_reg"] = drift(frozen, m, o0, c0, range(len(sub)))
-        drift_rows[m]["mse_without_reg"] = float(np.mean(
-            (o0["recon"].clip(-1, 1) - images[sub]) ** 2) / 4.0)
+        drift_rows[m]["mse_without_reg"] = float(
+            np.mean((o0["recon"].clip(-1, 1) - images[sub]) ** 2) / 4.0
+        )
     report["drift_16_latents"] = dict(images=int(len(sub)), rows=drift_rows)
     if a.out:
         with open(a.out, "w") as f:
@@ -255,15 +326,18 @@ def main():
 
 def convergence(out, target_mse, sl) -> dict:
     """Mean MSE curve ([0, 1] units) over the images in `sl` from the engine's per-call history,
-    and, given `target_mse` (latent_opt's MSE per image), the steps each image needed to reach it."""
-    hist = out["history"]["mse"][:, sl] / 4.0           # [calls, n]; methods log [-1, 1] MSE
+    and, given `target_mse` (latent_opt's MSE per image), the steps each image needed to reach
+    it."""
+    hist = out["history"]["mse"][:, sl] / 4.0  # [calls, n]; methods log [-1, 1] MSE
     steps = out["history_steps"]
     res = dict(curve_steps=steps.tolist(), curve_mse=hist.mean(1).tolist())
     if target_mse is not None:
         reached = hist <= target_mse[sl][None]
         first = np.where(reached.any(0), steps[np.argmax(reached, axis=0)], np.nan)
-        res.update(steps_to_latent_opt_mse=float(np.nanmean(first)) if reached.any() else
-                   float("nan"), reached_latent_opt=float(reached.any(0).mean()))
+        res.update(
+            steps_to_latent_opt_mse=float(np.nanmean(first)) if reached.any() else float("nan"),
+            reached_latent_opt=float(reached.any(0).mean()),
+        )
     return res
 
 
@@ -273,33 +347,47 @@ def _plain(o):
 
 
 def markdown(report) -> str:
-    lines = [f"Generator: {report['generator']}; backend {report['backend']}; steps "
-             f"{report['steps']}"]
+    lines = [
+        f"Generator: {report['generator']}; backend {report['backend']}; steps {report['steps']}"
+    ]
     for set_name, s in report["sets"].items():
-        lines += ["", f"### {set_name} (n={s['n']})", "",
-                  "| method | MSE | PSNR | SSIM | MS-SSIM | LPIPS | iters | s/image | conv. | "
-                  "MSE(latent_opt)/MSE | steps to latent_opt MSE (reached) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"### {set_name} (n={s['n']})",
+            "",
+            "| method | MSE | PSNR | SSIM | MS-SSIM | LPIPS | iters | s/image | conv. | "
+            "MSE(latent_opt)/MSE | steps to latent_opt MSE (reached) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for m, r in s["table"].items():
-            lines.append(f"| {m} | {r['mse']:.5f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
-                         f"{r.get('ms_ssim', float('nan')):.3f} | "
-                         f"{r['lpips']:.4f} | {r['iterations']:.0f} | {r['time_s_per_image']:.2f} | "
-                         f"{r.get('converged', float('nan')):.2f} | "
-                         f"{r.get('mse_ratio_latent_opt_over_method', float('nan')):.1f} | "
-                         f"{r.get('steps_to_latent_opt_mse', float('nan')):.0f} "
-                         f"({r.get('reached_latent_opt', float('nan')):.2f}) |")
+            lines.append(
+                f"| {m} | {r['mse']:.5f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+                f"{r.get('ms_ssim', float('nan')):.3f} | "
+                f"{r['lpips']:.4f} | {r['iterations']:.0f} | {r['time_s_per_image']:.2f} | "
+                f"{r.get('converged', float('nan')):.2f} | "
+                f"{r.get('mse_ratio_latent_opt_over_method', float('nan')):.1f} | "
+                f"{r.get('steps_to_latent_opt_mse', float('nan')):.0f} "
+                f"({r.get('reached_latent_opt', float('nan')):.2f}) |"
+            )
     d16 = report.get("drift_16_latents", {})
     if d16.get("rows"):
         nan = dict(mse=float("nan"), lpips=float("nan"))
-        lines += ["", f"Drift: MSE / LPIPS between G0(w_r) and G_tuned(w_r) over 16 random w_r, "
-                  f"first {d16['images']} images (reconstruction MSE beside it)", "",
-                  "| method | drift MSE | drift LPIPS | drift MSE, no reg | drift LPIPS, no reg | "
-                  "recon MSE | recon MSE, no reg |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Drift: MSE / LPIPS between G0(w_r) and G_tuned(w_r) over 16 random w_r, "
+            f"first {d16['images']} images (reconstruction MSE beside it)",
+            "",
+            "| method | drift MSE | drift LPIPS | drift MSE, no reg | drift LPIPS, no reg | "
+            "recon MSE | recon MSE, no reg |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for m, d in d16["rows"].items():
             w, wo = d["with_reg"], d.get("without_reg", nan)
-            lines.append(f"| {m} | {w['mse']:.5f} | {w['lpips']:.4f} | {wo['mse']:.5f} | "
-                         f"{wo['lpips']:.4f} | {d['mse_with_reg']:.5f} | "
-                         f"{d.get('mse_without_reg', float('nan')):.5f} |")
+            lines.append(
+                f"| {m} | {w['mse']:.5f} | {w['lpips']:.4f} | {wo['mse']:.5f} | "
+                f"{wo['lpips']:.4f} | {d['mse_with_reg']:.5f} | "
+                f"{d.get('mse_without_reg', float('nan')):.5f} |"
+            )
     return "\n".join(lines)
 
 

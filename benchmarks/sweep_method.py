@@ -11,6 +11,7 @@ images) per set, its ratio to the pivot's MSE (> 1: the method improved on laten
 mean MSE curve, iterations and failed images. The papers' lost or per-domain hyper-parameters
 (GMM's lr and init scale, Clone's p and λ) are chosen with this, on images outside the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", required=True)
     ap.add_argument("--grid", nargs="+", default=[], help="KEY=V1,V2,... (cartesian product)")
-    ap.add_argument("--points", nargs="+", default=[],
-                    help="one-change-at-a-time points instead of a grid: 'default' or "
-                         "'KEY=V[;KEY=V...]' each (e.g. default lam=0 lr=0.0002)")
+    ap.add_argument(
+        "--points",
+        nargs="+",
+        default=[],
+        help="one-change-at-a-time points instead of a grid: 'default' or "
+        "'KEY=V[;KEY=V...]' each (e.g. default lam=0 lr=0.0002)",
+    )
     ap.add_argument("--n", type=int, default=2, help="Fashion-MNIST test images")
-    ap.add_argument("--first", type=int, default=0,
-                    help="index of the first test image (keep sweeps off the table's images)")
+    ap.add_argument(
+        "--first",
+        type=int,
+        default=0,
+        help="index of the first test image (keep sweeps off the table's images)",
+    )
     ap.add_argument("--ood", type=int, default=2)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--pivot-steps", type=int, default=200)
@@ -50,73 +59,101 @@ def main():
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
-    from ganinv_jax import inversion as inv
     import quality_table as qt
 
+    from ganinv_jax import inversion as inv
+
     g_cfg, gv, dv, encode, g_name = qt.load_generator(False)
-    sets = {"fashion_mnist_test": qt.fashion_mnist_test(a.first + a.n, g_cfg.resolution)[a.first:]}
+    sets = {"fashion_mnist_test": qt.fashion_mnist_test(a.first + a.n, g_cfg.resolution)[a.first :]}
     if a.ood:
         sets["ood_skimage"] = qt.ood_photos(a.ood, g_cfg.resolution)
     names = list(sets)
     images = np.concatenate([sets[k] for k in names]).astype(np.float32)
     bounds = np.cumsum([0] + [len(sets[k]) for k in names])
     ids = np.arange(len(images))
-    frozen = inv.make_frozen(g_cfg, gv, d_vars=dv, lpips="vgg",
-                             reals=qt.clone_reals(a.reals, g_cfg.resolution) if a.reals else None)
+    frozen = inv.make_frozen(
+        g_cfg,
+        gv,
+        d_vars=dv,
+        lpips="vgg",
+        reals=qt.clone_reals(a.reals, g_cfg.resolution) if a.reals else None,
+    )
 
     def per_set(mse):
-        return {k: float(np.mean(mse[bounds[i]:bounds[i + 1]])) for i, k in enumerate(names)}
+        return {k: float(np.mean(mse[bounds[i] : bounds[i + 1]])) for i, k in enumerate(names)}
 
-    def final_mse(recon):      # the table's metric: [0, 1] images, reconstruction clipped
+    def final_mse(recon):  # the table's metric: [0, 1] images, reconstruction clipped
         return qt.quality(frozen, images, recon)["mse"]
 
     start = inv.init_latents.from_encoder(encode, images, frozen) if encode else None
     lo_cfg = inv.METHODS["latent_opt"].default_config()
     lo_cfg.num_steps = a.pivot_steps
     lo_cfg.initial_noise_factor = 0.0 if encode else 0.05
-    lo = qt.run_method("latent_opt", frozen, images, ids, start, lo_cfg, a.pivot_steps, "auto",
-                       a.steps_per_call)
+    lo = qt.run_method(
+        "latent_opt", frozen, images, ids, start, lo_cfg, a.pivot_steps, "auto", a.steps_per_call
+    )
     pivot_mse = final_mse(lo["recon"])
     if a.points:
-        settings = [{} if p == "default" else
-                    {kv.split("=", 1)[0]: _value(kv.split("=", 1)[1]) for kv in p.split(";")}
-                    for p in a.points]
+        settings = [
+            {}
+            if p == "default"
+            else {kv.split("=", 1)[0]: _value(kv.split("=", 1)[1]) for kv in p.split(";")}
+            for p in a.points
+        ]
     else:
         keys = [kv.split("=")[0] for kv in a.grid]
         values = [[_value(v) for v in kv.split("=", 1)[1].split(",")] for kv in a.grid]
         settings = [dict(zip(keys, point)) for point in itertools.product(*values)]
-    report = dict(method=a.method, generator=g_name, steps=a.steps, pivot_steps=a.pivot_steps,
-                  sets={k: int(len(v)) for k, v in sets.items()}, first_test_image=a.first,
-                  pivot_mse=per_set(pivot_mse), command=" ".join(sys.argv),
-                  load_avg_at_start=os.getloadavg()[0], points=[])
+    report = dict(
+        method=a.method,
+        generator=g_name,
+        steps=a.steps,
+        pivot_steps=a.pivot_steps,
+        sets={k: int(len(v)) for k, v in sets.items()},
+        first_test_image=a.first,
+        pivot_mse=per_set(pivot_mse),
+        command=" ".join(sys.argv),
+        load_avg_at_start=os.getloadavg()[0],
+        points=[],
+    )
     for setting in settings:
         cfg = inv.METHODS[a.method].default_config()
         for k, v in setting.items():
             if k not in cfg:
                 raise SystemExit(f"sweep_method: {a.method} config has no key {k!r}")
             old = getattr(cfg, k)
-            setattr(cfg, k, str(v).lower() in ("1", "true") if isinstance(old, bool)
-                    else type(old)(v))
+            setattr(
+                cfg, k, str(v).lower() in ("1", "true") if isinstance(old, bool) else type(old)(v)
+            )
         cfg.num_steps = a.steps
         t = time.perf_counter()
-        out = qt.run_method(a.method, frozen, images, ids, lo["latent"], cfg, a.steps, "auto",
-                            a.steps_per_call)
+        out = qt.run_method(
+            a.method, frozen, images, ids, lo["latent"], cfg, a.steps, "auto", a.steps_per_call
+        )
         mse = final_mse(out["recon"])
-        row = dict(setting, mse=per_set(mse),
-                   pivot_over_mse={k: report["pivot_mse"][k] / max(v, 1e-12)
-                                   for k, v in per_set(mse).items()},
-                   curve_steps=out["history_steps"].tolist(),
-                   curve_mse=(out["history"]["mse"].mean(1) / 4.0).tolist(),
-                   # every metric the method's step reports (mean over images, per call):
-                   # Clone's logit_query / logit_target / g_global / drift, GMM's grad_rel, ...
-                   curves={k: np.asarray(v, np.float64).mean(1).tolist()
-                           for k, v in out["history"].items()},
-                   iterations=float(np.mean(out["iterations"])),
-                   failed=int(np.sum(out["failed"])), wall_s=time.perf_counter() - t)
+        row = dict(
+            setting,
+            mse=per_set(mse),
+            pivot_over_mse={
+                k: report["pivot_mse"][k] / max(v, 1e-12) for k, v in per_set(mse).items()
+            },
+            curve_steps=out["history_steps"].tolist(),
+            curve_mse=(out["history"]["mse"].mean(1) / 4.0).tolist(),
+            # every metric the method's step reports (mean over images, per call):
+            # Clone's logit_query / logit_target / g_global / drift, GMM's grad_rel, ...
+            curves={
+                k: np.asarray(v, np.float64).mean(1).tolist() for k, v in out["history"].items()
+            },
+            iterations=float(np.mean(out["iterations"])),
+            failed=int(np.sum(out["failed"])),
+            wall_s=time.perf_counter() - t,
+        )
         report["points"].append(row)
-        print(json.dumps({k: row[k] for k in list(setting) + ["mse", "pivot_over_mse", "failed"]}),
-              flush=True)
-        if a.out:      # partial results survive an interrupted sweep
+        print(
+            json.dumps({k: row[k] for k in list(setting) + ["mse", "pivot_over_mse", "failed"]}),
+            flush=True,
+        )
+        if a.out:  # partial results survive an interrupted sweep
             with open(a.out, "w") as f:
                 json.dump(report, f, indent=1)
     print(json.dumps(report, indent=1))

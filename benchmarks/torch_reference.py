@@ -31,6 +31,7 @@ const `[4, 4, C]` -> `[C, 4, 4]`; biases and the scalar noise strengths unchange
 raw (equalized-LR gains applied at run time), exactly as in the Flax tree, so tuning them with
 Adam is the same optimization problem on both sides.
 """
+
 from __future__ import annotations
 
 import copy
@@ -77,8 +78,15 @@ def _t2np(t: torch.Tensor) -> np.ndarray:
 # ----------------------------------------------------------------------------- functional ops
 
 
-def bias_act(x: torch.Tensor, bias: Optional[torch.Tensor], *, act: str = "lrelu",
-             gain: float = 1.0, clamp: Optional[float] = None, alpha: float = 0.2) -> torch.Tensor:
+def bias_act(
+    x: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    *,
+    act: str = "lrelu",
+    gain: float = 1.0,
+    clamp: Optional[float] = None,
+    alpha: float = 0.2,
+) -> torch.Tensor:
     """bias -> activation -> x gain -> clamp (NCHW; `layers.bias_act`)."""
     if bias is not None:
         x = x + bias.view(1, -1, 1, 1)
@@ -99,8 +107,9 @@ def fir_kernel(taps: Sequence[float], gain: float = 1.0) -> torch.Tensor:
     return torch.outer(t, t) * gain
 
 
-def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, *, up: int = 1,
-              pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+def upfirdn2d(
+    x: torch.Tensor, kernel: torch.Tensor, *, up: int = 1, pad: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
     """Zero-insertion upsample -> pad -> 2-D FIR (NCHW; `layers.upfirdn2d` with down=1).
 
     `kernel` already carries the gain. Our JAX FIR is a correlation with the (unflipped) taps,
@@ -147,10 +156,17 @@ def conv2d_up2(x: torch.Tensor, weight: torch.Tensor, kernel4: torch.Tensor) -> 
     return upfirdn2d(x, kernel4, pad=((p + 1) // 2 + 1, p // 2 + 1))
 
 
-def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *,
-                     demodulate: bool, up: int = 1, padding: int = 0,
-                     fan_in_scale: bool = False,
-                     kernel4: Optional[torch.Tensor] = None) -> torch.Tensor:
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    *,
+    demodulate: bool,
+    up: int = 1,
+    padding: int = 0,
+    fan_in_scale: bool = False,
+    kernel4: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """NVlabs' non-fused modulated conv (`layers.modulated_conv2d`), OIHW weight, NCHW x.
 
     Modulate the activations by the per-sample styles, run ONE ordinary conv for the whole
@@ -168,8 +184,8 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     else:
         raise ValueError(f"unsupported up={up}")
     if demodulate:
-        wsq = weight.square().sum(dim=(2, 3))                           # [out, in]
-        d = torch.rsqrt(styles.square() @ wsq.t() + DEMOD_EPS)          # [N, out]
+        wsq = weight.square().sum(dim=(2, 3))  # [out, in]
+        d = torch.rsqrt(styles.square() @ wsq.t() + DEMOD_EPS)  # [N, out]
         x = x * d[:, :, None, None]
     return x
 
@@ -182,7 +198,7 @@ class _Affine(nn.Module):
 
     def __init__(self, tree: Mapping[str, Any]):
         super().__init__()
-        self.weight = _param(_np(tree["weight"]).T)           # [in, out] -> [out, in]
+        self.weight = _param(_np(tree["weight"]).T)  # [in, out] -> [out, in]
         self.bias = _param(tree["bias"])
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -195,8 +211,16 @@ class _Affine(nn.Module):
 class _SynthesisLayer(nn.Module):
     """Modulated 3x3 conv (+ 2x up) -> noise -> bias -> lrelu*sqrt2*gain -> clamp*gain."""
 
-    def __init__(self, tree: Mapping[str, Any], noise_const, *, up: int,
-                 conv_clamp: Optional[float], fan_in_scale: bool, kernel4: torch.Tensor):
+    def __init__(
+        self,
+        tree: Mapping[str, Any],
+        noise_const,
+        *,
+        up: int,
+        conv_clamp: Optional[float],
+        fan_in_scale: bool,
+        kernel4: torch.Tensor,
+    ):
         super().__init__()
         self.affine = _Affine(tree["affine"])
         self.weight = _param(_hwio_to_oihw(tree["weight"]))
@@ -206,11 +230,20 @@ class _SynthesisLayer(nn.Module):
         self.register_buffer("kernel4", kernel4.clone())
         self.up, self.conv_clamp, self.fan_in_scale = up, conv_clamp, fan_in_scale
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const",
-                gain: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const", gain: float = 1.0
+    ) -> torch.Tensor:
         styles = self.affine(w)
-        x = modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up, padding=1,
-                             fan_in_scale=self.fan_in_scale, kernel4=self.kernel4)
+        x = modulated_conv2d(
+            x,
+            self.weight,
+            styles,
+            demodulate=True,
+            up=self.up,
+            padding=1,
+            fan_in_scale=self.fan_in_scale,
+            kernel4=self.kernel4,
+        )
         r = self.noise_const.shape[-1]
         if noise_mode == "const":
             x = x + (self.noise_const * self.noise_strength)[None, None]
@@ -222,8 +255,12 @@ class _SynthesisLayer(nn.Module):
         return bias_act(x, self.bias, act="lrelu", gain=SQRT2 * gain, clamp=clamp)
 
     def to_flax(self) -> dict:
-        return {"affine": self.affine.to_flax(), "weight": _oihw_to_hwio(self.weight).copy(),
-                "noise_strength": _t2np(self.noise_strength), "bias": _t2np(self.bias)}
+        return {
+            "affine": self.affine.to_flax(),
+            "weight": _oihw_to_hwio(self.weight).copy(),
+            "noise_strength": _t2np(self.noise_strength),
+            "bias": _t2np(self.bias),
+        }
 
 
 class _ToRGB(nn.Module):
@@ -242,8 +279,11 @@ class _ToRGB(nn.Module):
         return bias_act(x, self.bias, act="linear", clamp=self.conv_clamp)
 
     def to_flax(self) -> dict:
-        return {"affine": self.affine.to_flax(), "weight": _oihw_to_hwio(self.weight).copy(),
-                "bias": _t2np(self.bias)}
+        return {
+            "affine": self.affine.to_flax(),
+            "weight": _oihw_to_hwio(self.weight).copy(),
+            "bias": _t2np(self.bias),
+        }
 
 
 class _Skip(nn.Module):
@@ -265,20 +305,26 @@ class _Skip(nn.Module):
 class _SynthesisBlock(nn.Module):
     """One resolution (`stylegan2.SynthesisBlock`): (const | up-conv0) -> conv1 -> (ToRGB)."""
 
-    def __init__(self, cfg, resolution: int, tree: Mapping[str, Any],
-                 noise_tree: Mapping[str, Any], kernel4: torch.Tensor):
+    def __init__(
+        self,
+        cfg,
+        resolution: int,
+        tree: Mapping[str, Any],
+        noise_tree: Mapping[str, Any],
+        kernel4: torch.Tensor,
+    ):
         super().__init__()
         self.resolution, self.architecture = resolution, cfg.architecture
         self.is_last = resolution == cfg.resolution
-        kw = dict(conv_clamp=cfg.conv_clamp, fan_in_scale=cfg.fan_in_scale_modconv,
-                  kernel4=kernel4)
+        kw = dict(conv_clamp=cfg.conv_clamp, fan_in_scale=cfg.fan_in_scale_modconv, kernel4=kernel4)
         if resolution == 4:
-            self.const = _param(_np(tree["const"]).transpose(2, 0, 1))   # [4,4,C] -> [C,4,4]
+            self.const = _param(_np(tree["const"]).transpose(2, 0, 1))  # [4,4,C] -> [C,4,4]
         else:
             if cfg.architecture == "resnet":
                 self.skip = _Skip(tree["skip"], kernel4)
-            self.conv0 = _SynthesisLayer(tree["conv0"], noise_tree["conv0"]["noise_const"],
-                                         up=2, **kw)
+            self.conv0 = _SynthesisLayer(
+                tree["conv0"], noise_tree["conv0"]["noise_const"], up=2, **kw
+            )
         self.conv1 = _SynthesisLayer(tree["conv1"], noise_tree["conv1"]["noise_const"], up=1, **kw)
         self.has_torgb = self.is_last or cfg.architecture == "skip"
         if self.has_torgb:
@@ -344,10 +390,13 @@ class TorchSynthesis(nn.Module):
         self.cfg = g_cfg
         if g_cfg.architecture not in ("skip", "orig", "resnet"):
             raise ValueError(f"unknown G architecture {g_cfg.architecture!r}")
-        kernel4 = fir_kernel(g_cfg.fir, gain=4.0)     # every up-sampling FIR here has gain 4
-        self.blocks = nn.ModuleDict({
-            f"b{r}": _SynthesisBlock(g_cfg, r, params[f"b{r}"], buffers[f"b{r}"], kernel4)
-            for r in g_cfg.resolutions})
+        kernel4 = fir_kernel(g_cfg.fir, gain=4.0)  # every up-sampling FIR here has gain 4
+        self.blocks = nn.ModuleDict(
+            {
+                f"b{r}": _SynthesisBlock(g_cfg, r, params[f"b{r}"], buffers[f"b{r}"], kernel4)
+                for r in g_cfg.resolutions
+            }
+        )
         want, got = _tree_signature(params), _tree_signature(self.to_flax_params())
         if want != got:
             diff = sorted(set(want.items()) ^ set(got.items()))
@@ -363,7 +412,7 @@ class TorchSynthesis(nn.Module):
         for r in cfg.resolutions:
             num_conv = 1 if r == 4 else 2
             # A block reads its convs' ws plus the next one for ToRGB (shared with the next conv0).
-            x, img = self.blocks[f"b{r}"](x, img, ws[:, w_idx: w_idx + num_conv + 1], noise_mode)
+            x, img = self.blocks[f"b{r}"](x, img, ws[:, w_idx : w_idx + num_conv + 1], noise_mode)
             w_idx += num_conv
         return img
 
@@ -401,9 +450,12 @@ class TorchLPIPS(nn.Module):
             conv.bias = _param(backbone[name]["bias"], requires_grad=False)
             self.convs[name] = conv
         # lin heads: Dense kernels [C, 1] -> 1x1 conv weights [1, C, 1, 1].
-        self.lins = nn.ParameterList([
-            _param(_np(params[f"lin{i}"]["kernel"]).T[:, :, None, None], requires_grad=False)
-            for i in range(len(VGG16_TAPS))])
+        self.lins = nn.ParameterList(
+            [
+                _param(_np(params[f"lin{i}"]["kernel"]).T[:, :, None, None], requires_grad=False)
+                for i in range(len(VGG16_TAPS))
+            ]
+        )
         self.register_buffer("shift", torch.tensor(_SHIFT, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(_SCALE, dtype=torch.float32).view(1, 3, 1, 1))
         self.eval()
@@ -413,7 +465,7 @@ class TorchLPIPS(nn.Module):
         x = (x.to(torch.float32) - self.shift) / self.scale
         taps = []
         for i, name in enumerate(VGG16_CONVS):
-            if i > 0 and name.endswith("_1"):   # a new block starts after a 2x2 max pool
+            if i > 0 and name.endswith("_1"):  # a new block starts after a 2x2 max pool
                 x = F.max_pool2d(x, 2, 2)
             x = F.relu(self.convs[name](x))
             if name in VGG16_TAPS:
@@ -424,14 +476,13 @@ class TorchLPIPS(nn.Module):
         """Unit-normalized tap features (one tensor per tap): compute once for a fixed target."""
         return tuple(_unit_normalize(f) for f in self._taps(y))
 
-    def distance_to_features(self, x: torch.Tensor,
-                             feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    def distance_to_features(self, x: torch.Tensor, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         return self._distance(self.features(x), feats)
 
     def _distance(self, fx: Sequence[torch.Tensor], fy: Sequence[torch.Tensor]) -> torch.Tensor:
         total = 0.0
         for lin, a, b in zip(self.lins, fx, fy):
-            d = F.conv2d((a - b).square(), lin)                 # [N, 1, h, w]
+            d = F.conv2d((a - b).square(), lin)  # [N, 1, h, w]
             total = total + d.mean(dim=(1, 2, 3))
         return total
 
@@ -444,10 +495,21 @@ class TorchLPIPS(nn.Module):
 # ----------------------------------------------------------------------------- PTI
 
 
-def pti_loop(g_cfg, variables: Mapping[str, Any], lpips_params: Optional[Mapping[str, Any]],
-             images, ws, steps: int = 50, lr: float = 3e-4, lpips_weight: float = 1.0,
-             l2_weight: float = 1.0, threads: int = 2, noise_mode: str = "const",
-             warmup_steps: int = 2, device: str = "cpu") -> dict:
+def pti_loop(
+    g_cfg,
+    variables: Mapping[str, Any],
+    lpips_params: Optional[Mapping[str, Any]],
+    images,
+    ws,
+    steps: int = 50,
+    lr: float = 3e-4,
+    lpips_weight: float = 1.0,
+    l2_weight: float = 1.0,
+    threads: int = 2,
+    noise_mode: str = "const",
+    warmup_steps: int = 2,
+    device: str = "cpu",
+) -> dict:
     """PTI's per-image generator tuning as a PyTorch user writes it (no locality regularizer).
 
     images: [N, H, W, C] (NHWC, the project's layout) in [-1, 1]; ws: [N, num_ws, w_dim], kept
@@ -514,7 +576,7 @@ def pti_loop(g_cfg, variables: Mapping[str, Any], lpips_params: Optional[Mapping
 
         seconds, final_mse, initial_mse, losses = 0.0, [], [], []
         for i in range(x_all.shape[0]):
-            target, w = x_all[i: i + 1], ws_all[i: i + 1]
+            target, w = x_all[i : i + 1], ws_all[i : i + 1]
             with torch.no_grad():
                 initial_mse.append(float(F.mse_loss(base(w, noise_mode), target)))
             t0 = time.perf_counter()
@@ -524,9 +586,15 @@ def pti_loop(g_cfg, variables: Mapping[str, Any], lpips_params: Optional[Mapping
                 final_mse.append(float(F.mse_loss(g(w, noise_mode), target)))
             losses.append(hist)
         n = x_all.shape[0]
-        return dict(seconds=seconds, final_mse=final_mse,
-                    img_steps_per_s=n * steps / seconds if seconds > 0 else float("inf"),
-                    initial_mse=initial_mse, losses=losses, threads=threads, steps=steps,
-                    warmup_steps=warmup_steps)
+        return dict(
+            seconds=seconds,
+            final_mse=final_mse,
+            img_steps_per_s=n * steps / seconds if seconds > 0 else float("inf"),
+            initial_mse=initial_mse,
+            losses=losses,
+            threads=threads,
+            steps=steps,
+            warmup_steps=warmup_steps,
+        )
     finally:
         torch.set_num_threads(prev_threads)

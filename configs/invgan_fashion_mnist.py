@@ -1,20 +1,21 @@
 """InvGAN-StyleGAN2 on Fashion-MNIST (32x32, 3 channels): the project's embedded default model.
 
-Reproduce the default (2-core CPU; resumes from the workdir after a kill):
-    python -m ganinv_jax.training.invgan --config=configs/invgan_fashion_mnist.py \
-        --workdir=/work/runs/invgan_fmnist
-    # or: python -m ganinv_jax.main --config=configs/invgan_fashion_mnist.py --workdir=...
-Ablations (paper Sec. 4.4), same budget:
-    ... --config=configs/invgan_fashion_mnist.py:naive       (or :aug_naive)
-DCGAN backbone:  --config=configs/invgan_fashion_mnist.py:dcgan
-Seconds-long smoke run (tests):  --config=configs/invgan_fashion_mnist.py:tiny
-Variants combine with commas, e.g. `:tiny,naive`.
+Every job is a task of the one entry point (2-core CPU; training resumes from the workdir):
+    python -m ganinv_jax.main --config=configs/invgan_fashion_mnist.py --workdir=/work/runs/fm
 Continue training the shipped default in a fresh workdir (fresh Adam moments):
     ... --config.init_from=default --config.num_train_steps=20000
 Export a workdir as a `pretrained.load` DIR (samples, reconstructions, curves, eval.json):
-    python -m ganinv_jax.training.export --config=configs/invgan_fashion_mnist.py \
-        --workdir=/work/runs/invgan_fmnist --out=ganinv_jax/assets/default
+    ... --config.task=export --workdir=/work/runs/fm --config.export.out=ganinv_jax/assets/default
+Ablations (paper Sec. 4.4): naive vs aug_naive vs full at the same budget, in WORKDIR/<variant>:
+    ... --config.task=ablation --config.ablation.steps=2000 --workdir=/work/runs/ablation
+One variant alone:  --config=configs/invgan_fashion_mnist.py:naive   (or :aug_naive)
+DCGAN backbone:     --config=configs/invgan_fashion_mnist.py:dcgan
+Seconds-long smoke run (tests):  --config=configs/invgan_fashion_mnist.py:tiny
+Variants combine with commas, e.g. `:tiny,naive`.
+Parameter sharding (data parallel by default; `fsdp` shards params and Adam moments over the
+'data' axis): --config.param_sharding="(('.*', 'fsdp'),)"
 """
+
 import ml_collections
 
 
@@ -24,21 +25,46 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.task = "train_invgan"
     c.seed = 0
     c.backbone = "stylegan2"
-    c.variant = "full"          # full | aug_naive | naive
+    c.variant = "full"  # full | aug_naive | naive
 
-    c.model = ml_collections.ConfigDict(dict(
-        resolution=32, channels=(64, 64, 32, 32), z_dim=64, w_dim=64, img_channels=3,
-        mapping_layers=2, mapping_lr_multiplier=0.01, architecture="skip",
-        d_architecture="resnet", mbstd_group_size=4, conv_clamp=None))
-    c.dcgan = ml_collections.ConfigDict(dict(
-        resolution=32, channels=(128, 64, 32), z_dim=64, w_dim=64, img_channels=3,
-        mapping_layers=2))
-    c.noise_mode = "const"
-    c.init_from = ""            # an exported DIR (or 'default') to continue from, if no ckpt      # deterministic G(w): the inversion target is well defined
+    c.model = ml_collections.ConfigDict(
+        dict(
+            resolution=32,
+            channels=(64, 64, 32, 32),
+            z_dim=64,
+            w_dim=64,
+            img_channels=3,
+            mapping_layers=2,
+            mapping_lr_multiplier=0.01,
+            architecture="skip",
+            d_architecture="resnet",
+            mbstd_group_size=4,
+            conv_clamp=None,
+        )
+    )
+    c.dcgan = ml_collections.ConfigDict(
+        dict(
+            resolution=32,
+            channels=(128, 64, 32),
+            z_dim=64,
+            w_dim=64,
+            img_channels=3,
+            mapping_layers=2,
+        )
+    )
+    c.noise_mode = "const"  # deterministic G(w): the inversion target is well defined
+    c.init_from = ""  # an exported DIR (or 'default') to continue from, if no ckpt
 
-    c.data = ml_collections.ConfigDict(dict(
-        name="fashion_mnist", dir="/usr/share/datasets/fashion-mnist", folder="",
-        resolution=32, channels=3, limit=0))
+    c.data = ml_collections.ConfigDict(
+        dict(
+            name="fashion_mnist",
+            dir="/usr/share/datasets/fashion-mnist",
+            folder="",
+            resolution=32,
+            channels=3,
+            limit=0,
+        )
+    )
 
     c.batch_size = 32
     c.num_train_steps = 40000
@@ -50,18 +76,27 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.w_lat = 1.0
     c.w_fm = 1.0
     c.w_mmd = 1.0
-    c.mmd_sigmas = (0.25, 0.5, 1.0, 2.0, 4.0)   # times sqrt(w_dim)
+    c.mmd_sigmas = (0.25, 0.5, 1.0, 2.0, 4.0)  # times sqrt(w_dim)
     c.ema_kimg = 10.0
     c.ema_rampup = 0.05
     c.w_avg_beta = 0.995
 
-    c.num_devices = 0           # 0: all devices
+    c.num_devices = 0  # 0: all devices
+    # (regex over the state path, 'replicate' | 'fsdp' | a PartitionSpec tuple); first match wins
+    c.param_sharding = ((".*", "replicate"),)
     c.log_every = 50
     c.checkpoint_every = 500
     c.sample_every = 1000
     c.max_to_keep = 3
     c.eval_at_end = True
-    c.num_eval = 0              # 0: the whole 10k test split
+    c.num_eval = 0  # 0: the whole 10k test split
+
+    # task=export: the workdir's latest (or `step`) checkpoint -> a `pretrained.load` DIR
+    c.export = ml_collections.ConfigDict(
+        dict(out="", num_test=0, step=-1, note="", fd_n=10000)
+    )  # step -1: latest; fd_n 0: no FD
+    # task=ablation: naive / aug_naive / full of this config, `steps` each
+    c.ablation = ml_collections.ConfigDict(dict(steps=2000, num_test=0, figure_only=False))
 
     for o in opts:
         if o in ("full", "aug_naive", "naive"):

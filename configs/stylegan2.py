@@ -1,4 +1,5 @@
-"""Batch GAN inversion with a StyleGAN2 generator (default: the embedded InvGAN Fashion-MNIST model).
+"""Batch GAN inversion with a StyleGAN2 generator (default: the embedded InvGAN Fashion-MNIST
+model).
 
   python -m ganinv_jax.main --config=configs/stylegan2.py --workdir=/tmp/ganinv
   python -m ganinv_jax.main --config=configs/stylegan2.py:tiny --workdir=/tmp/ganinv_tiny
@@ -14,71 +15,67 @@ Contract keys (README): `task`, `method`, `steps`, `batch_size`, `seed`, `genera
 `config.<method>` (defaults: the method's own `default_config()` in `ganinv_jax/inversion/`;
 their `num_steps` is always `config.steps`).
 """
-import importlib
 
 import ml_collections
 
-METHODS = ("latent_opt", "pti", "clone", "gmm")
+from ganinv_jax import inversion
 
 
 def method_defaults(name: str) -> ml_collections.ConfigDict:
     """The inversion package's defaults for `name`, without num_steps (= config.steps)."""
-    try:
-        cfg = importlib.import_module(f"ganinv_jax.inversion.{name}").default_config()
-    except ImportError:          # a build without this method: no overrides to offer
-        return ml_collections.ConfigDict()
+    cfg = inversion.METHODS[name].default_config()
     return ml_collections.ConfigDict({k: v for k, v in cfg.items() if k != "num_steps"})
 
 
 def data_config(path: str = "") -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
-    d.path = path                  # folder of images (recursive) or .npz/.npy; '' + no tfds_name:
-                                   # the bundled sample (16 Fashion-MNIST test images)
-    d.tfds_name = ""               # or a TFDS dataset (download=False; fashion_mnist works offline)
+    d.path = path  # folder of images (recursive) or .npz/.npy; '' + no tfds_name:
+    # the bundled sample (16 Fashion-MNIST test images)
+    d.tfds_name = ""  # or a TFDS dataset (download=False; fashion_mnist works offline)
     d.split = "test"
-    d.limit = 0                    # first N items (0: all)
-    d.tfds_data_dir = ""           # TFDS data_dir ('' : TFDS default)
-    d.array_key = ""               # .npz member ('' : 'images' or the only array)
-    d.resize_mode = "crop"         # 'crop': shorter side to G's size + center crop; 'pad': center
-                                   # pad smaller images (e.g. 28x28 Fashion-MNIST into 32x32)
-    d.background = 0               # gray level for alpha compositing and padding
-    d.max_pixels = 50_000_000      # decompression-bomb cap (width * height from the header)
-    d.align = ""                   # alignment hook: 'package.module:function' (PIL -> PIL or None)
+    d.limit = 0  # first N items (0: all)
+    d.tfds_data_dir = ""  # TFDS data_dir ('' : TFDS default)
+    d.array_key = ""  # .npz member ('' : 'images' or the only array)
+    d.resize_mode = "crop"  # 'crop': shorter side to G's size + center crop; 'pad': center
+    # pad smaller images (e.g. 28x28 Fashion-MNIST into 32x32)
+    d.background = 0  # gray level for alpha compositing and padding
+    d.max_pixels = 50_000_000  # decompression-bomb cap (width * height from the header)
+    d.align = ""  # alignment hook: 'package.module:function' (PIL -> PIL or None)
     return d
 
 
 def get_config(variant: str = ""):
     config = ml_collections.ConfigDict()
-    config.task = "invert"         # invert | sample | train_invgan
-    config.generator = "default"   # a converted DIR (python -m weights_convert) or 'default'
+    config.task = "invert"  # invert | sample | train_invgan
+    config.generator = "default"  # a converted DIR (python -m weights_convert) or 'default'
     config.seed = 0
 
     # Inversion (task 'invert').
-    config.method = "latent_opt"   # latent_opt | pti | clone | gmm
-    config.steps = 200             # max iterations per image (= the method's num_steps)
-    config.batch_size = 8          # images per device per chunk
-    config.init = "auto"           # auto: each method's paper start -- latent_opt from the
-                                   # encoder (mean w if G has none); PTI / Clone / GMM tune
-                                   # around a projected pivot ('latent_opt') | mean_w |
-                                   # encoder (InvGAN w-head) | latent_opt (projection below)
-    config.init_steps = 100        # pivot projection: latent_opt steps (config.latent_opt's
-    config.init_space = "w+"       # loss) in 'w+' or 'w' (PTI's pivot), from the encoder if any
-    config.strategy = "auto"       # engine batching: auto | vmap | map | chunked
-    config.steps_per_call = 25     # method steps per compiled call (lax.scan length)
-    config.lpips_net = "vgg"       # LPIPS backbone of the metrics (and of Frozen.lpips)
+    config.method = "latent_opt"  # latent_opt | pti | clone | gmm
+    config.steps = 200  # max iterations per image (= the method's num_steps)
+    config.batch_size = 8  # images per device per chunk
+    config.init = "auto"  # auto: each method's paper start -- latent_opt from the
+    # encoder (mean w if G has none); PTI / Clone / GMM tune
+    # around a projected pivot ('latent_opt') | mean_w |
+    # encoder (InvGAN w-head) | latent_opt (projection below)
+    config.init_steps = 100  # pivot projection: latent_opt steps (config.latent_opt's
+    config.init_space = "w+"  # loss) in 'w+' or 'w' (PTI's pivot), from the encoder if any
+    config.strategy = "auto"  # engine batching: auto | vmap | map | chunked
+    config.steps_per_call = 25  # method steps per compiled call (lax.scan length)
+    config.lpips_net = "vgg"  # LPIPS backbone of the metrics (and of Frozen.lpips)
     config.data = data_config()
 
-    config.reals = data_config()   # Clone's global loss: real images from path / tfds_name; with
-    config.reals.num = 512         # neither, the default model's Fashion-MNIST TRAIN split; other
-                                   # G without reals (or num 0): samples of the frozen G
+    config.reals = data_config()  # Clone's global loss: real images from path / tfds_name; with
+    config.reals.num = 512  # neither, the default model's Fashion-MNIST TRAIN split; other
+    # G without reals (or num 0): samples of the frozen G
 
     config.output = ml_collections.ConfigDict()
     config.output.save_png = True  # recon/<id>.png per image
     config.output.grid_pairs = 16  # target|recon pairs per chunk grid (grids/, TensorBoard)
-    config.output.merge_latents = True   # latents.npz of all images at the end (per-chunk
-                                         # chunks/*.npz hold them anyway; off for huge runs)
+    config.output.merge_latents = True  # latents.npz of all images at the end (per-chunk
+    # chunks/*.npz hold them anyway; off for huge runs)
 
-    for name in METHODS:
+    for name in inversion.BUILTIN_NAMES:
         config[name] = method_defaults(name)
     # The one departure from the method's defaults: the projector's LPIPS-VGG term costs ~10x
     # more per step than the whole 32x32 generator on CPU, so the default run optimizes MSE

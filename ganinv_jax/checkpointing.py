@@ -1,39 +1,35 @@
 """Every orbax call in the project lives here.
 
 * `save_pytree` / `restore_pytree`: one parameter tree in one directory (converted GANs,
-  the embedded default model). Saves go to a temporary sibling and are renamed into
-  place, so a crash never leaves a half-written directory.
-* Training-state and per-chunk managers are added next to these (one place that knows
-  orbax's API, which changes between releases).
+  the embedded default model).
+* `train_checkpoint_manager` and friends: the trainers' step checkpoints (async saves).
+* `save_sharded_pytree` / `restore_sharded_pytree`: the invert job's per-chunk results.
+One place that knows orbax's API, which changes between releases.
 """
+
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ganinv_jax.errors import UserError
+
 
 def save_pytree(path: str, tree: Any) -> None:
-    """Write `tree` (arrays or numpy) as an orbax checkpoint at `path`, atomically.
+    """Write `tree` (arrays or numpy) as an orbax checkpoint at `path` (which must not exist).
 
-    `path` must not exist. The tree is written to `path + '.tmp-<uuid>'` first and renamed.
-    """
+    Orbax writes into a temporary directory and renames it when complete, so a crash never
+    leaves a half-written `path`."""
     path = os.path.abspath(path)
     if os.path.exists(path):
         raise FileExistsError(f"{path}: already exists")
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp, jax.tree_util.tree_map(np.asarray, tree))
-        os.rename(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, jax.tree_util.tree_map(np.asarray, tree))
+        ckptr.wait_until_finished()
 
 
 def restore_pytree(path: str, target: Optional[Any] = None) -> Any:
@@ -46,50 +42,53 @@ def restore_pytree(path: str, target: Optional[Any] = None) -> Any:
         if target is None:
             return ckptr.restore(path)
         abstract = jax.tree_util.tree_map(
-            lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
-            else jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), target)
+            lambda x: (
+                x
+                if isinstance(x, jax.ShapeDtypeStruct)
+                else jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+            ),
+            target,
+        )
         return ckptr.restore(path, abstract)
 
 
 # ----------------------------------------------------------------------------- training state
 
 
+class MissingCheckpointError(UserError, FileNotFoundError):
+    pass
+
+
 def train_checkpoint_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
     """An orbax CheckpointManager for a trainer's state under `directory` (created if absent).
 
-    Saves are asynchronous; call `wait_until_finished(mgr)` before reading or exiting.
+    Saves are asynchronous; call `mgr.wait_until_finished()` before reading or exiting.
     """
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True
+    )
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save_train_state(mgr: ocp.CheckpointManager, step: int, state: Any,
-                     force: bool = True) -> bool:
+def save_train_state(mgr: ocp.CheckpointManager, step: int, state: Any, force: bool = True) -> bool:
     """Save `state` (a pytree of jax arrays, possibly sharded) as checkpoint `step`."""
     return mgr.save(int(step), args=ocp.args.StandardSave(state), force=force)
 
 
-def restore_train_state(mgr: ocp.CheckpointManager, abstract_state: Any,
-                        step: Optional[int] = None) -> Any:
+def restore_train_state(
+    mgr: ocp.CheckpointManager, abstract_state: Any, step: Optional[int] = None
+) -> Any:
     """Restore checkpoint `step` (default: latest) into the structure, shapes and shardings of
     `abstract_state` (a tree of `jax.ShapeDtypeStruct` with `.sharding`)."""
-    step = mgr.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{mgr.directory}: no training checkpoint to restore")
+    steps = list(mgr.all_steps())
+    if not steps:
+        raise MissingCheckpointError(f"{mgr.directory}: no training checkpoint to restore")
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise MissingCheckpointError(
+            f"{mgr.directory}: no checkpoint of step {step} (have {sorted(steps)})"
+        )
     return mgr.restore(int(step), args=ocp.args.StandardRestore(abstract_state))
-
-
-def latest_train_step(mgr: ocp.CheckpointManager) -> Optional[int]:
-    return mgr.latest_step()
-
-
-def all_train_steps(mgr: ocp.CheckpointManager) -> list[int]:
-    return list(mgr.all_steps())
-
-
-def wait_until_finished(mgr: ocp.CheckpointManager) -> None:
-    mgr.wait_until_finished()
 
 
 # ----------------------------------------------------------------------------- per-chunk results
@@ -119,7 +118,9 @@ def restore_sharded_pytree(path: str) -> Any:
         tree = getattr(meta, "item_metadata", meta)
         tree = getattr(tree, "tree", tree)
         abstract = jax.tree_util.tree_map(
-            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
-                                           sharding=jax.sharding.SingleDeviceSharding(device)),
-            tree)
+            lambda m: jax.ShapeDtypeStruct(
+                tuple(m.shape), m.dtype, sharding=jax.sharding.SingleDeviceSharding(device)
+            ),
+            tree,
+        )
         return ckptr.restore(path, abstract)

@@ -1,4 +1,8 @@
-"""Test-wide setup: 8 fake CPU devices (set before JAX initializes a backend), fixtures dir."""
+"""Test-wide setup: 8 fake CPU devices (set before JAX initializes a backend), fixtures dir.
+
+Optional inputs (test extras, fixtures, Debian datasets) go through `_ci.py`: they skip
+locally and fail under CI=true."""
+
 import os
 
 # Tests are compile-bound (XLA:CPU compiles each tiny program in seconds and runs it in
@@ -6,8 +10,9 @@ import os
 # strategy fixture: 85 -> 55 s) and changes no value beyond float rounding. Benchmarks never
 # import this file. GANINV_TEST_XLA_OPT=1 keeps XLA's default level.
 if os.environ.get("GANINV_TEST_XLA_OPT") != "1":
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_backend_optimization_level=0").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
@@ -15,22 +20,9 @@ jax.config.update("jax_platforms", "cpu")
 
 import pathlib  # noqa: E402
 
-import pytest  # noqa: E402
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def fixtures_dir() -> pathlib.Path:
     """Third-party checkpoint fixtures: $GANINV_FIXTURES or ../shared/fixtures beside the repo."""
     return pathlib.Path(os.environ.get("GANINV_FIXTURES", REPO.parent / "shared" / "fixtures"))
-
-
-@pytest.fixture(scope="session")
-def fixtures_path() -> pathlib.Path:
-    path = fixtures_dir()
-    if not path.is_dir():
-        message = f"third-party fixtures not found at {path} (set GANINV_FIXTURES)"
-        if os.environ.get("CI") == "true":   # CI must run the parity tests, not skip them
-            pytest.fail(message)
-        pytest.skip(message)
-    return path

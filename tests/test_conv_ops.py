@@ -3,26 +3,58 @@
 Values, input gradients and weight gradients, under jit, vmap with per-image kernels, lax.map,
 lax.scan, and shard_map over the 8 fake devices; float32 rounding tolerance (1e-4 relative to the
 largest entry)."""
+
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from ganinv_jax import sharding
 from ganinv_jax.ops import conv as conv_ops
 
 # (name, fn(x, w, impl), x shape, w shape): every conv form the models use.
 CASES = [
-    ("3x3_same", lambda x, w, i: conv_ops.conv2d(x, w, padding=1, impl=i), (2, 9, 7, 5), (3, 3, 5, 6)),
-    ("3x3_stride2", lambda x, w, i: conv_ops.conv2d(x, w, stride=2, padding=((0, 1), (1, 0)), impl=i),
-     (2, 10, 9, 4), (3, 3, 4, 3)),
+    (
+        "3x3_same",
+        lambda x, w, i: conv_ops.conv2d(x, w, padding=1, impl=i),
+        (2, 9, 7, 5),
+        (3, 3, 5, 6),
+    ),
+    (
+        "3x3_stride2",
+        lambda x, w, i: conv_ops.conv2d(x, w, stride=2, padding=((0, 1), (1, 0)), impl=i),
+        (2, 10, 9, 4),
+        (3, 3, 4, 3),
+    ),
     ("1x1", lambda x, w, i: conv_ops.conv2d(x, w, impl=i), (2, 6, 6, 5), (1, 1, 5, 7)),
-    ("1x1_stride2", lambda x, w, i: conv_ops.conv2d(x, w, stride=2, impl=i), (1, 6, 6, 3), (1, 1, 3, 2)),
-    ("5x5_pad2", lambda x, w, i: conv_ops.conv2d(x, w, padding=2, impl=i), (1, 8, 8, 3), (5, 5, 3, 4)),
-    ("transpose2x_3", lambda x, w, i: conv_ops.conv_transpose2x(x, w, impl=i), (2, 5, 6, 4), (3, 3, 4, 5)),
-    ("transpose2x_4", lambda x, w, i: conv_ops.conv_transpose2x(x, w, impl=i), (1, 4, 4, 3), (4, 4, 3, 2)),
+    (
+        "1x1_stride2",
+        lambda x, w, i: conv_ops.conv2d(x, w, stride=2, impl=i),
+        (1, 6, 6, 3),
+        (1, 1, 3, 2),
+    ),
+    (
+        "5x5_pad2",
+        lambda x, w, i: conv_ops.conv2d(x, w, padding=2, impl=i),
+        (1, 8, 8, 3),
+        (5, 5, 3, 4),
+    ),
+    (
+        "transpose2x_3",
+        lambda x, w, i: conv_ops.conv_transpose2x(x, w, impl=i),
+        (2, 5, 6, 4),
+        (3, 3, 4, 5),
+    ),
+    (
+        "transpose2x_4",
+        lambda x, w, i: conv_ops.conv_transpose2x(x, w, impl=i),
+        (1, 4, 4, 3),
+        (4, 4, 3, 2),
+    ),
 ]
 
 
@@ -47,11 +79,12 @@ def test_matmul_equals_native_under_jit(name, fn, xs, ws):
         def loss(x, w):
             y = fn(x, w, impl)
             return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
+
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, w)
 
     (_, y_n), (dx_n, dw_n) = vg("native")
     (_, y_m), (dx_m, dw_m) = vg("matmul")
-    assert np.abs(np.asarray(y_n)).max() > 0.1   # a real signal, not zeros on both sides
+    assert np.abs(np.asarray(y_n)).max() > 0.1  # a real signal, not zeros on both sides
     _close(y_m, y_n)
     _close(dx_m, dx_n)
     _close(dw_m, dw_n)
@@ -59,16 +92,19 @@ def test_matmul_equals_native_under_jit(name, fn, xs, ws):
 
 def _image_loss(fn, impl):
     """Loss of ONE image under its own kernel: sum(y * fixed cotangent)."""
+
     def loss(x, w):
         y = fn(x[None], w, impl)
         return jnp.sum(y * jnp.sin(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)))
+
     return jax.grad(loss, argnums=(0, 1))
 
 
 def _two_scan_steps(f, xs, ws):
     """The engine's shape: a rolled lax.scan around a lax.map over images (last step's grads)."""
-    out = jax.lax.scan(lambda c, _: (c, jax.lax.map(lambda a: f(*a), (xs, ws))), 0,
-                       jnp.arange(2))[1]
+    out = jax.lax.scan(lambda c, _: (c, jax.lax.map(lambda a: f(*a), (xs, ws))), 0, jnp.arange(2))[
+        1
+    ]
     return jax.tree_util.tree_map(lambda t: t[-1], out)
 
 
@@ -99,7 +135,7 @@ def test_matmul_form_on_8_devices_equals_single_device():
     """Image axis sharded over the 8 fake devices with shard_map, per-image kernels."""
     devices = jax.devices()
     assert len(devices) == 8
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    mesh = sharding.make_mesh(8, explicit=True)
     _, fn, xs, ws = next(c for c in CASES if c[0] == "transpose2x_3")
     kx, kw = jax.random.split(jax.random.key(2))
     x = jax.random.normal(kx, (8,) + xs[1:])
@@ -108,23 +144,32 @@ def test_matmul_form_on_8_devices_equals_single_device():
     def grads(x, w, impl):
         def one(x, w):
             return jax.grad(lambda w: jnp.sum(jnp.square(fn(x[None], w, impl))))(w)
+
         return jax.vmap(one)(x, w)
 
-    sharded = jax.jit(jax.shard_map(functools.partial(grads, impl="matmul"), mesh=mesh,
-                                    in_specs=(P("data"), P("data")), out_specs=P("data")))
+    sharded = jax.jit(
+        jax.shard_map(
+            functools.partial(grads, impl="matmul"),
+            mesh=mesh,
+            in_specs=(P("data"), P("data")),
+            out_specs=P("data"),
+        )
+    )
     spec = NamedSharding(mesh, P("data"))
     got = sharded(jax.device_put(x, spec), jax.device_put(w, spec))
     _close(got, jax.jit(functools.partial(grads, impl="native"))(x, w))
 
 
 def test_max_pool_forms_agree_and_impl_switch():
-    x = jax.random.normal(jax.random.key(3), (2, 9, 8, 3))   # odd height: floor like VALID
+    x = jax.random.normal(jax.random.key(3), (2, 9, 8, 3))  # odd height: floor like VALID
     for impl in ("native", "matmul"):
         assert conv_ops.max_pool2x2(x, impl=impl).shape == (2, 4, 4, 3)
     _close(conv_ops.max_pool2x2(x, impl="matmul"), conv_ops.max_pool2x2(x, impl="native"))
-    g = [jax.grad(lambda x: jnp.sum(conv_ops.max_pool2x2(x, impl=i) ** 2))(x)
-         for i in ("native", "matmul")]
-    _close(g[1], g[0])   # continuous random input: no ties
+    g = [
+        jax.grad(lambda x: jnp.sum(conv_ops.max_pool2x2(x, impl=i) ** 2))(x)
+        for i in ("native", "matmul")
+    ]
+    _close(g[1], g[0])  # continuous random input: no ties
     with conv_ops.use_impl("native"):
         assert conv_ops.resolve_impl() == "native"
     assert conv_ops.resolve_impl(backend="cpu") in conv_ops.IMPLS
@@ -144,6 +189,7 @@ def test_hybrid_equals_native(case):
         def loss(x, w):
             y = fn(x, w, impl)
             return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
+
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
 
     (v_n, (dx_n, dw_n)), (v_h, (dx_h, dw_h)) = vg("native"), vg("hybrid")
@@ -154,8 +200,16 @@ def test_hybrid_equals_native(case):
 
 def _tiny_sg2():
     from ganinv_jax.models import stylegan2 as sg2
-    cfg = sg2.StyleGAN2Config(resolution=16, channels=(8, 8, 6), z_dim=8, w_dim=8,
-                              mapping_layers=1, img_channels=3, fan_in_scale_modconv=True)
+
+    cfg = sg2.StyleGAN2Config(
+        resolution=16,
+        channels=(8, 8, 6),
+        z_dim=8,
+        w_dim=8,
+        mapping_layers=1,
+        img_channels=3,
+        fan_in_scale_modconv=True,
+    )
     g = sg2.Generator(cfg)
     gv = g.init(jax.random.key(0), jnp.zeros((1, cfg.z_dim)))
     d = sg2.Discriminator(cfg)
@@ -187,14 +241,15 @@ def test_stylegan2_g_and_d_equal_in_both_forms():
             (_, logits), dg = jax.jit(jax.value_and_grad(d_loss, has_aux=True))(dv["params"])
             one = jax.jit(jax.grad(lambda p, w: g_loss(p, w[None])[0]))
         results[impl] = (img, gg, logits, dg)
-        if impl == "native":   # per image, one compiled call each (native vmap = grouped conv)
+        if impl == "native":  # per image, one compiled call each (native vmap = grouped conv)
             per_image_ref = [one(p, ws[i]) for i, p in enumerate(per_image)]
     with conv_ops.use_impl("matmul"):
         stacked = jax.tree_util.tree_map(lambda *p: jnp.stack(p), *per_image)
         vg = jax.jit(jax.vmap(jax.grad(lambda p, w: g_loss(p, w[None])[0])))(stacked, ws)
     assert float(jnp.abs(results["native"][0]).max()) > 0.1
-    for a, b in zip(jax.tree_util.tree_leaves(results["matmul"]),
-                    jax.tree_util.tree_leaves(results["native"])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(results["matmul"]), jax.tree_util.tree_leaves(results["native"])
+    ):
         _close(a, b)
     for i, ref in enumerate(per_image_ref):
         for a, b in zip(jax.tree_util.tree_leaves(vg), jax.tree_util.tree_leaves(ref)):
@@ -205,6 +260,7 @@ def test_lpips_equals_in_both_forms():
     """LPIPS-VGG (real weights): distance and image gradient, native vs the CPU default
     ('hybrid' for <= 128 channels, GEMM above, reshape max-pool)."""
     from ganinv_jax import losses
+
     params = losses.load_lpips_params("vgg")
     kx, ky = jax.random.split(jax.random.key(4))
     x = jax.random.uniform(kx, (2, 32, 32, 3), minval=-1, maxval=1)
@@ -213,8 +269,11 @@ def test_lpips_equals_in_both_forms():
     for impl in ("native", "auto"):
         with conv_ops.use_impl(impl):
             # the module itself: `lpips_apply` is a cached jit, traced in one form only
-            f = jax.jit(jax.value_and_grad(
-                lambda x: jnp.sum(losses.LPIPS("vgg").apply({"params": params}, x, y))))
+            f = jax.jit(
+                jax.value_and_grad(
+                    lambda x: jnp.sum(losses.LPIPS("vgg").apply({"params": params}, x, y))
+                )
+            )
             out[impl] = f(x)
     assert float(out["native"][0]) > 0.05
     _close(out["auto"][0], out["native"][0], 1e-5)

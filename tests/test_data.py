@@ -1,20 +1,16 @@
 """Data: idx parsing, the real Fashion-MNIST splits, clear errors for bad files, image folders,
 and per-process batching that is a pure function of (seed, step)."""
+
 import gzip
 import os
-import shutil
 import struct
 
 import numpy as np
 import pytest
+from _ci import needs_fmnist  # noqa: E402  (skips locally, fails under CI=true)
 
 from ganinv_jax import data as data_lib
 from ganinv_jax.data import fashion_mnist as fm
-
-HAVE_FMNIST = os.path.isfile(os.path.join(data_lib.DEFAULT_DIR, "train-images-idx3-ubyte.gz"))
-# Under CI the dataset is installed by .ci/run: a missing one fails there instead of skipping.
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST and os.environ.get("CI") != "true",
-                                  reason="apt-get install dataset-fashion-mnist")
 
 
 def _write_idx(path, arr):
@@ -30,8 +26,9 @@ def test_read_idx_roundtrip(tmp_path):
     np.testing.assert_array_equal(data_lib.read_idx_gz(str(tmp_path / "x.gz")), arr)
 
 
-@pytest.mark.parametrize("kind", ["missing", "not_gzip", "truncated_gzip", "bad_magic",
-                                  "short_payload"])
+@pytest.mark.parametrize(
+    "kind", ["missing", "not_gzip", "truncated_gzip", "bad_magic", "short_payload"]
+)
 def test_bad_files_give_one_line_error_naming_the_file(tmp_path, kind):
     path = tmp_path / "train-images-idx3-ubyte.gz"
     good = bytes([0, 0, 8, 3]) + struct.pack(">3I", 2, 28, 28) + bytes(2 * 28 * 28)
@@ -60,7 +57,7 @@ def test_padding_channels_and_downsampling():
     p = fm.pad_and_channels(x, 32, 3)
     assert p.shape == (2, 32, 32, 3)
     np.testing.assert_array_equal(p[:, 2:30, 2:30, 1], x)
-    assert p[:, :2].max() == 0 and p[:, :, 30:].max() == 0      # black border = background
+    assert p[:, :2].max() == 0 and p[:, :, 30:].max() == 0  # black border = background
     np.testing.assert_array_equal(p[..., 0], p[..., 2])
     s = fm.pad_and_channels(x, 8, 1)
     assert s.shape == (2, 8, 8, 1)
@@ -75,7 +72,7 @@ def test_real_fashion_mnist_splits():
     te, yte = data_lib.load_fashion_mnist("test", with_labels=True, channels=1)
     assert tr.shape == (60000, 32, 32, 3) and te.shape == (10000, 32, 32, 1)
     assert tr.dtype == np.uint8 and set(np.unique(ytr)) == set(range(10))
-    assert np.bincount(yte).tolist() == [1000] * 10          # the real, balanced test split
+    assert np.bincount(yte).tolist() == [1000] * 10  # the real, balanced test split
     assert tr[:, :2].max() == 0 and tr.max() == 255
     # train and test are different images
     assert not np.array_equal(tr[:100, ..., 0], te[:100, ..., 0])
@@ -87,8 +84,8 @@ def test_batches_are_a_function_of_seed_and_step():
     np.testing.assert_array_equal(a, data_lib.batch_indices(0, 3, b, n))
     assert not np.array_equal(a, data_lib.batch_indices(1, 3, b, n))
     epoch = np.concatenate([data_lib.batch_indices(0, s, b, n) for s in range(n // b)])
-    assert len(set(epoch.tolist())) == len(epoch)             # no repeats within an epoch
-    nxt = data_lib.batch_indices(0, n // b, b, n)             # next epoch: new permutation
+    assert len(set(epoch.tolist())) == len(epoch)  # no repeats within an epoch
+    nxt = data_lib.batch_indices(0, n // b, b, n)  # next epoch: new permutation
     assert not np.array_equal(nxt, data_lib.batch_indices(0, 0, b, n))
     with pytest.raises(ValueError):
         data_lib.batch_indices(0, 0, 200, n)
@@ -106,16 +103,26 @@ def test_process_slices_partition_the_global_batch():
 
 def test_image_folder_skips_and_records_bad_files(tmp_path):
     from PIL import Image
+
     (tmp_path / "sub").mkdir()
     rng = np.random.default_rng(0)
     for i, size in enumerate([(40, 30), (32, 32), (20, 50)]):
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
-            tmp_path / ("sub" if i == 2 else "") / f"im{i}.png")
+            tmp_path / ("sub" if i == 2 else "") / f"im{i}.png"
+        )
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    (tmp_path / "notes.txt").write_text("ignored")
+    (tmp_path / "notes.txt").write_text("not an image either")
     imgs, paths, bad = data_lib.load_image_folder(str(tmp_path), 16, channels=3)
     assert imgs.shape == (3, 16, 16, 3) and imgs.dtype == np.uint8 and len(paths) == 3
-    assert len(bad) == 1 and bad[0][0].endswith("broken.jpg")
+    # nothing in the folder is silently dropped: both non-images are recorded with a reason
+    reasons = dict((os.path.basename(p), r) for p, r in bad)
+    assert set(reasons) == {"broken.jpg", "notes.txt"}
+    assert "not a recognized image" in reasons["broken.jpg"] and "extension" in reasons["notes.txt"]
+    # decoding is the invert job's: same pixels as decode_file + to_uint8
+    from ganinv_jax.data import images as image_io
+
+    want = image_io.to_uint8(image_io.decode_file(paths[0], image_io.Preprocess(16, 3)))
+    np.testing.assert_array_equal(imgs[0], want)
     gray, _, _ = data_lib.load_image_folder(str(tmp_path), 8, channels=1)
     assert gray.shape == (3, 8, 8, 1)
 
@@ -126,13 +133,3 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"garbage")
     with pytest.raises(data_lib.DatasetError, match="no readable images"):
         data_lib.load_image_folder(str(tmp_path), 16)
-
-
-def test_tf_dataset_shards_per_process():
-    images = np.arange(10 * 4, dtype=np.uint8).reshape(10, 2, 2, 1)
-    seen = []
-    for p in range(2):
-        for batch in data_lib.tf_dataset(images, 3, p, 2).as_numpy_iterator():
-            seen.append(batch)
-    got = np.sort(np.concatenate(seen).reshape(-1))
-    np.testing.assert_allclose(got, np.sort(data_lib.to_model_range(images).reshape(-1)))

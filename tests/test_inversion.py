@@ -4,6 +4,7 @@ Compile count is the cost here (XLA:CPU compiles each (method, cfg, strategy, me
 per init/run/result), so runs are module-scoped fixtures shared by the checks: a lone image and
 a batch of 8 padded to 8 devices hit the same compiled program.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +20,9 @@ RTOL, ATOL = 2e-4, 2e-5
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = sg2.StyleGAN2Config(resolution=16, channels=(16, 16, 8), z_dim=16, w_dim=16,
-                              mapping_layers=2, img_channels=3)
+    cfg = sg2.StyleGAN2Config(
+        resolution=16, channels=(16, 16, 8), z_dim=16, w_dim=16, mapping_layers=2, img_channels=3
+    )
     gv = sg2.Generator(cfg).init(jax.random.key(0), jnp.zeros((1, 16)))
     dv = sg2.Discriminator(cfg).init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
     fr = base.make_frozen(cfg, gv, d_vars=dv, lpips=None, w_stats_samples=512)
@@ -52,7 +54,7 @@ def _lo_cfg():
     c = latent_opt.default_config()
     c.num_steps = 4
     c.perceptual = "pooled_l2"
-    c.optimize_noise = True        # exercises the noise path and per-image keys (noise init)
+    c.optimize_noise = True  # exercises the noise path and per-image keys (noise init)
     c.initial_lr = 0.05
     return c
 
@@ -65,12 +67,15 @@ def lo_runs(setup):
     all8, one = jax.devices(), jax.devices()[:1]
     return dict(
         ref=_run(latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=all8),
+        # 0 steps: the start state through the same compiled init/result programs (no compile)
+        start=_run(latent_opt.METHOD, fr, imgs, IDS, c, 0, devices=all8),
         alone=_run(latent_opt.METHOD, fr, imgs[3:4], IDS[3:4], c, 4, devices=all8),
         perm=_run(latent_opt.METHOD, fr, imgs[perm], IDS[perm], c, 4, devices=all8),
         perm_idx=perm,
         vmap=_run(latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=one, strategy="vmap"),
-        chunked=_run(latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=one, strategy="chunked",
-                     chunk_size=3),
+        chunked=_run(
+            latent_opt.METHOD, fr, imgs, IDS, c, 4, devices=one, strategy="chunked", chunk_size=3
+        ),
     )
 
 
@@ -85,6 +90,29 @@ def test_latent_opt_moves_and_counts(lo_runs, setup):
     # renormalized noise: zero mean, unit variance per map
     for v in ref["noise"].values():
         np.testing.assert_allclose(v.reshape(8, -1).std(1), 1.0, rtol=1e-3)
+
+
+def test_latent_opt_lowers_every_images_mse(lo_runs, setup):
+    """4 steps lower the reconstruction MSE of every image below its start (mean w + the
+    per-image initial noise), recomputed here from the returned reconstructions; images 0, 1
+    are exactly G(mean w) (MSE 0 at the start) and must stay reconstructed."""
+    _, imgs = setup
+    ref, start = lo_runs["ref"], lo_runs["start"]
+    np.testing.assert_array_equal(start["iterations"], 0)
+    np.testing.assert_allclose(
+        start["latent"],
+        np.broadcast_to(np.asarray(base.mean_latent(setup[0])), start["latent"].shape),
+        rtol=0,
+        atol=1e-6,
+    )
+    mse = lambda recon: np.mean(np.square(recon - imgs).reshape(8, -1), axis=1)
+    mse0, mse4 = mse(start["recon"]), mse(ref["recon"])
+    print("\nlatent_opt MSE start", mse0, "after 4 steps", mse4)
+    # (Adam's normalized steps and the w-noise ramp nudge them off the exact point: ~0.004)
+    assert np.all(mse0[:2] < 1e-10) and np.all(mse4[:2] < 0.02), (mse0, mse4)
+    assert np.all(mse0[2:] > 0.2), mse0  # the noisy targets: far at the start
+    # every other image clearly closer (measured: 0.41..0.72 of its start MSE)
+    assert np.all(mse4[2:] < 0.9 * mse0[2:]), mse4 / mse0
 
 
 def test_alone_equals_in_batch(lo_runs):
@@ -106,12 +134,19 @@ def test_one_device_and_strategies_agree_with_eight_devices_map(lo_runs, strateg
 def test_different_ids_give_different_results(lo_runs, setup):
     # same image under two ids -> different noise init -> different result (keys do matter)
     fr, imgs = setup
-    out = _run(latent_opt.METHOD, fr, np.stack([imgs[3]] * 8), np.arange(8), _lo_cfg(), 4,
-               devices=jax.devices())
+    out = _run(
+        latent_opt.METHOD,
+        fr,
+        np.stack([imgs[3]] * 8),
+        np.arange(8),
+        _lo_cfg(),
+        4,
+        devices=jax.devices(),
+    )
     assert np.abs(out["recon"][0] - out["recon"][1]).max() > 1e-4
 
 
-# ----------------------------------------------------------------------------- PTI: weights per image
+# ------------------------------------------------------------------------- PTI: weights per image
 
 
 def _pti_cfg(stop_mse=1e-9):
@@ -143,9 +178,11 @@ def test_pti_masks_freeze_converged_images_exactly(pti_runs):
     np.testing.assert_array_equal(ref["converged"], [True, True] + [False] * 6)
     np.testing.assert_array_equal(ref["iterations"], [1, 1] + [4] * 6)
     # the converged images did not change at all after their first step (bitwise)
-    for a, b in zip(jax.tree_util.tree_leaves(ref["tuned"]), jax.tree_util.tree_leaves(short["tuned"])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(ref["tuned"]), jax.tree_util.tree_leaves(short["tuned"])
+    ):
         np.testing.assert_array_equal(a[:2], b[:2])
-        assert np.abs(a[2:] - b[2:]).max() > 0      # the others kept going
+        assert np.abs(a[2:] - b[2:]).max() > 0  # the others kept going
     np.testing.assert_array_equal(ref["recon"][:2], short["recon"][:2])
     # the per-call history: 2 calls of K=2 steps; the last entry is the final metrics; a
     # converged image's curve is flat after its stop, the others' MSE keeps falling
@@ -180,7 +217,7 @@ def test_nan_marks_failed_and_keeps_last_finite_state(setup):
     np.testing.assert_array_equal(out["failed"], [False] * 4 + [True] + [False] * 3)
     assert out["iterations"][4] == 0 and not out["converged"][4]
     for leaf in jax.tree_util.tree_leaves(out["tuned"]):
-        np.testing.assert_array_equal(leaf[4], 0.0)      # the base G, untouched
+        np.testing.assert_array_equal(leaf[4], 0.0)  # the base G, untouched
     assert np.isfinite(out["recon"]).all()
 
 
@@ -196,11 +233,14 @@ def _clone_cfg():
 
 
 @pytest.fixture(scope="module")
-def clone_runs(setup):   # one engine compile of Clone (G + D + R1): ~1-3 min on 2 busy cores
+def clone_runs(setup):  # one engine compile of Clone (G + D + R1): ~1-3 min on 2 busy cores
     fr, imgs = setup
     c = _clone_cfg()
-    return dict(ref=_run(clone.METHOD, fr, imgs, IDS, c, 4),
-                alone=_run(clone.METHOD, fr, imgs[6:7], IDS[6:7], c, 4), cfg=c)
+    return dict(
+        ref=_run(clone.METHOD, fr, imgs, IDS, c, 4),
+        alone=_run(clone.METHOD, fr, imgs[6:7], IDS[6:7], c, 4),
+        cfg=c,
+    )
 
 
 @pytest.mark.slow
@@ -234,8 +274,17 @@ def test_clone_local_loss_is_recon_plus_lambda_adv(setup):
     @jax.jit
     def losses(local, lam, global_weight=1.0):
         cc = dict(c)
-        return clone.g_loss(g, d, fr, ws, jnp.asarray(imgs[3]), local, z, jax.random.key(4),
-                            _Cfg(cc, lam=lam, global_weight=global_weight))
+        return clone.g_loss(
+            g,
+            d,
+            fr,
+            ws,
+            jnp.asarray(imgs[3]),
+            local,
+            z,
+            jax.random.key(4),
+            _Cfg(cc, lam=lam, global_weight=global_weight),
+        )
 
     on, aux = losses(True, 10.0)
     off, _ = losses(False, 10.0)
@@ -246,7 +295,7 @@ def test_clone_local_loss_is_recon_plus_lambda_adv(setup):
     x_star = base.synthesize(fr, ws[None])
     logit = base.discriminate(fr, jnp.concatenate([x_star, aux["fakes"]]))[0]
     recon = clone.pyramid.laplacian_pyramid_l1(jnp.asarray(imgs[3:4]), x_star)[0]
-    adv = -jax.nn.softplus(logit)                      # log(1 - D(G(w)))
+    adv = -jax.nn.softplus(logit)  # log(1 - D(G(w)))
     np.testing.assert_allclose(on - off, recon + 10.0 * adv, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(on20 - off, recon + 20.0 * adv, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(off, aux["g_global"], rtol=1e-6)
@@ -307,8 +356,9 @@ def test_gmm_identity_start_and_sign(setup, gmm_state):
     theta0 = fr.g["params"]["synthesis"]
     theta = gmm.tuned_params(st["phi"].fast, theta0, st["g"], c)
     for path in gmm.conv_paths(theta0):
-        np.testing.assert_allclose(gmm._get(theta, path),
-                                   gmm._get(theta0, path) - st["g"]["/".join(path)], rtol=1e-6)
+        np.testing.assert_allclose(
+            gmm._get(theta, path), gmm._get(theta0, path) - st["g"]["/".join(path)], rtol=1e-6
+        )
     np.testing.assert_array_equal(theta["b4"]["const"], theta0["b4"]["const"])
     assert max(float(jnp.abs(v).max()) for v in st["g"].values()) > 0
     # grad_norm='rms' rescales around the module: an identity module still gives θ0 - g
@@ -316,14 +366,16 @@ def test_gmm_identity_start_and_sign(setup, gmm_state):
     c_rms.grad_norm = "rms"
     theta_rms = gmm.tuned_params(st["phi"].fast, theta0, st["g"], c_rms)
     for path in gmm.conv_paths(theta0):
-        np.testing.assert_allclose(gmm._get(theta_rms, path), gmm._get(theta, path), rtol=1e-5,
-                                   atol=1e-7)
+        np.testing.assert_allclose(
+            gmm._get(theta_rms, path), gmm._get(theta, path), rtol=1e-5, atol=1e-7
+        )
     c = c.copy_and_resolve_references()
     c.sign = 1.0
     theta_p = gmm.tuned_params(st["phi"].fast, theta0, st["g"], c)
     p0 = gmm.conv_paths(theta0)[0]
-    np.testing.assert_allclose(gmm._get(theta_p, p0), gmm._get(theta0, p0) + st["g"]["/".join(p0)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        gmm._get(theta_p, p0), gmm._get(theta0, p0) + st["g"]["/".join(p0)], rtol=1e-6
+    )
 
 
 def test_gmm_rms_weight_identity_is_a_normalized_gradient_step(setup, gmm_state):
@@ -335,11 +387,12 @@ def test_gmm_rms_weight_identity_is_a_normalized_gradient_step(setup, gmm_state)
     c.grad_norm, c.out_scale = "rms_weight", 0.01
     theta0 = fr.g["params"]["synthesis"]
     theta = gmm.tuned_params(st["phi"].fast, theta0, st["g"], c)
-    rms = lambda t: np.sqrt(np.mean(np.square(np.asarray(t))))   # noqa: E731
+    rms = lambda t: np.sqrt(np.mean(np.square(np.asarray(t))))  # noqa: E731
     for path in gmm.conv_paths(theta0):
         w0, g = np.asarray(gmm._get(theta0, path)), np.asarray(st["g"]["/".join(path)])
-        np.testing.assert_allclose(gmm._get(theta, path), w0 - 0.01 * rms(w0) * g / rms(g),
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            gmm._get(theta, path), w0 - 0.01 * rms(w0) * g / rms(g), rtol=1e-4, atol=1e-6
+        )
         step = np.asarray(gmm._get(theta, path)) - w0
         np.testing.assert_allclose(rms(step) / rms(w0), 0.01, rtol=1e-3)
 
@@ -348,9 +401,11 @@ def test_gmm_rms_weight_identity_is_a_normalized_gradient_step(setup, gmm_state)
 def gmm_runs(setup):
     fr, imgs = setup
     c = gmm.default_config()
-    c.perceptual = "pooled_l2"     # default Ranger lr 1e-3 (1e-2 diverges in RAdam's warm-up)
-    return dict(ref=_run(gmm.METHOD, fr, imgs, IDS, c, 6),
-                alone=_run(gmm.METHOD, fr, imgs[2:3], IDS[2:3], c, 6))
+    c.perceptual = "pooled_l2"  # default Ranger lr 1e-3 (1e-2 diverges in RAdam's warm-up)
+    return dict(
+        ref=_run(gmm.METHOD, fr, imgs, IDS, c, 6),
+        alone=_run(gmm.METHOD, fr, imgs[2:3], IDS[2:3], c, 6),
+    )
 
 
 @pytest.mark.slow
@@ -362,14 +417,16 @@ def test_gmm_runs_alone_equals_batch_and_only_phi_is_tuned(gmm_runs, setup):
     first = ref["metrics"]["loss"]
     assert np.isfinite(first).all()
     # the frozen base latent is unchanged (GMM tunes weights through phi only)
-    np.testing.assert_allclose(ref["latent"], np.broadcast_to(
-        np.asarray(base.mean_latent(setup[0])), ref["latent"].shape))
+    np.testing.assert_allclose(
+        ref["latent"], np.broadcast_to(np.asarray(base.mean_latent(setup[0])), ref["latent"].shape)
+    )
 
 
 def test_auto_strategy_rule():
     # GEMM-form convs (the CPU default): vmap everywhere; native convs on CPU: lax.map (vmap
     # would make per-image kernels grouped convolutions)
     from ganinv_jax.ops import conv as conv_ops
+
     for m in (latent_opt.METHOD, pti.METHOD, clone.METHOD, gmm.METHOD):
         assert engine.auto_strategy(m, "cpu") == "vmap"
         assert engine.auto_strategy(m, "gpu") == "vmap"
@@ -388,6 +445,7 @@ def test_cached_lpips_target_gives_the_same_steps(setup, method):
     results: two steps with real LPIPS weights match the uncached run, and the recorded LPIPS is
     the concatenated-batch module's value."""
     from ganinv_jax import losses
+
     fr0, imgs = setup
     fr = base.make_frozen(fr0.g_cfg, fr0.g, d_vars=fr0.d, lpips="vgg", w_stats_samples=512)
     image, latent = jnp.asarray(imgs[3]), base.mean_latent(fr)
@@ -398,7 +456,7 @@ def test_cached_lpips_target_gives_the_same_steps(setup, method):
         if method is pti:
             c.stop_lpips = -1.0
         if method is latent_opt:
-            c.initial_noise_factor = 0.0     # step 1 then renders exactly G(latent)
+            c.initial_noise_factor = 0.0  # step 1 then renders exactly G(latent)
         st = method.init(jax.random.key(0), image, fr, latent, c)
         if cache:
             assert st["perc_target"] is not None and len(st["perc_target"]) == 5
@@ -411,12 +469,15 @@ def test_cached_lpips_target_gives_the_same_steps(setup, method):
     run = jax.jit(two_steps, static_argnums=0)
     (r_c, m1_c, m2_c), (r_u, m1_u, m2_u) = run(True), run(False)
     np.testing.assert_allclose(r_c["recon"], r_u["recon"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m1_c["loss"], m1_u["loss"], rtol=1e-4)
     np.testing.assert_allclose(m2_c["loss"], m2_u["loss"], rtol=1e-4)
     start = base.synthesize(fr, latent[None])
     moved = float(jnp.max(jnp.abs(r_c["recon"] - start[0]))) > 1e-5
-    assert moved or (method is latent_opt and float(jnp.max(jnp.abs(r_c["latent"] - latent))) > 1e-6)
+    assert moved or (
+        method is latent_opt and float(jnp.max(jnp.abs(r_c["latent"] - latent))) > 1e-6
+    )
     want = losses.lpips_apply(fr.lpips, start, image[None], net="vgg")[0]
-    if method is not gmm:   # GMM's first step already sees θ0 - M(g), not G(w)
+    if method is not gmm:  # GMM's first step already sees θ0 - M(g), not G(w)
         np.testing.assert_allclose(m1_c["perceptual"], want, rtol=1e-4)
 
 
@@ -438,15 +499,24 @@ def _quick_cfg(method):
     return c
 
 
-@pytest.mark.parametrize("method", [latent_opt, pti, clone, gmm],
-                         ids=["latent_opt", "pti", "clone", "gmm"])
+@pytest.mark.parametrize(
+    "method", [latent_opt, pti, clone, gmm], ids=["latent_opt", "pti", "clone", "gmm"]
+)
 def test_every_method_lowers_the_reconstruction_loss(setup, method):
     """The default test run steps every method (Clone's G+D game and a whole GMM run included):
     6 steps on 3 noisy images, one device (vmap); each image's MSE after the last call is below
     its MSE after the first, and the run reports no failure."""
     fr, imgs = setup
-    out = _run(method.METHOD, fr, imgs[2:5], IDS[2:5], _quick_cfg(method), 6, strategy="vmap",
-               devices=jax.devices()[:1])
-    mse = out["history"]["mse"]                     # [calls, images], the method's own MSE
+    out = _run(
+        method.METHOD,
+        fr,
+        imgs[2:5],
+        IDS[2:5],
+        _quick_cfg(method),
+        6,
+        strategy="vmap",
+        devices=jax.devices()[:1],
+    )
+    mse = out["history"]["mse"]  # [calls, images], the method's own MSE
     assert mse.shape == (3, 3) and np.isfinite(mse).all() and not out["failed"].any()
     assert np.all(mse[-1] < mse[0]), mse

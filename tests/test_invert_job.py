@@ -3,6 +3,7 @@
 A tiny random StyleGAN2 DIR is made per module, so nothing here needs the embedded default model.
 The job runs in-process on the 8 fake CPU devices of conftest.py (or on a 1-device subset).
 """
+
 from __future__ import annotations
 
 import errno
@@ -23,7 +24,8 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_invert_job_support as support  # noqa: E402
 
-from ganinv_jax.jobs import invert, manifest as manifest_lib, methods, records, sources  # noqa
+from ganinv_jax import atomic, inversion  # noqa: E402
+from ganinv_jax.jobs import invert, methods, records, sources  # noqa
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -75,11 +77,13 @@ def test_outputs_complete(reference):
     assert list(ids) == list(range(11)) and lat.shape == (11, 6, 16) and np.isfinite(lat).all()
     summary = json.load(open(os.path.join(reference, "summary.json")))
     assert summary["complete"] and summary["device_count"] == 8
-    assert summary["aggregates"]["counts"]["max_steps"] + \
-        summary["aggregates"]["counts"]["converged"] == 11
+    assert (
+        summary["aggregates"]["counts"]["max_steps"] + summary["aggregates"]["counts"]["converged"]
+        == 11
+    )
     assert summary["versions"]["jax"] == jax.__version__
     grids = os.listdir(os.path.join(reference, "grids"))
-    assert len(grids) == 2   # 11 images in chunks of 8
+    assert len(grids) == 2  # 11 images in chunks of 8
     assert os.listdir(os.path.join(reference, "tensorboard"))
     assert open(os.path.join(reference, "failures.csv")).read().strip() == "id,path,reason"
 
@@ -87,14 +91,19 @@ def test_outputs_complete(reference):
 def test_one_device_equals_eight(tmp_path, gen_dir, images_npy, reference):
     """Same per-image results on a 1-device mesh (chunks of 3) as on 8 devices (chunks of 8)."""
     wd = str(tmp_path)
-    invert.run(support.job_config(gen_dir, data__path=images_npy, batch_size=3), wd,
-               devices=jax.devices()[:1])
+    invert.run(
+        support.job_config(gen_dir, data__path=images_npy, batch_size=3),
+        wd,
+        devices=jax.devices()[:1],
+    )
     a, b = read_rows(reference), read_rows(wd)
-    assert [(r["id"], r["path"], r["status"], r["iterations"]) for r in a] == \
-        [(r["id"], r["path"], r["status"], r["iterations"]) for r in b]
+    assert [(r["id"], r["path"], r["status"], r["iterations"]) for r in a] == [
+        (r["id"], r["path"], r["status"], r["iterations"]) for r in b
+    ]
     for k in ("mse", "psnr", "ssim", "lpips"):
-        np.testing.assert_allclose([float(r[k]) for r in a], [float(r[k]) for r in b],
-                                   rtol=2e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            [float(r[k]) for r in a], [float(r[k]) for r in b], rtol=2e-4, atol=1e-5
+        )
     np.testing.assert_allclose(latents(reference)[1], latents(wd)[1], rtol=1e-4, atol=1e-5)
     assert json.load(open(os.path.join(wd, "summary.json")))["device_count"] == 1
 
@@ -108,32 +117,36 @@ def test_rerun_skips_finished_work(tmp_path, gen_dir, images_npy, reference, mon
     invert.run(cfg, wd)
     calls = []
     monkeypatch.setattr(invert, "invert_local", lambda *a: calls.append(a) or 1 / 0)
-    invert.run(cfg, wd)      # everything done: no inversion at all
+    invert.run(cfg, wd)  # everything done: no inversion at all
     assert calls == []
     assert strip_seconds(read_rows(wd)) == strip_seconds(read_rows(reference))
 
 
 @pytest.mark.parametrize("crash_at", ["chunk_file", "manifest", "csv_append"])
-def test_crash_then_resume_identical(tmp_path, gen_dir, images_npy, reference, monkeypatch,
-                                     crash_at):
+def test_crash_then_resume_identical(
+    tmp_path, gen_dir, images_npy, reference, monkeypatch, crash_at
+):
     """A crash at any write of the 2nd chunk loses at most that chunk; the rerun completes
     with bit-identical latents and the same rows (no image lost or duplicated)."""
     wd = str(tmp_path)
     cfg = support.job_config(gen_dir, data__path=images_npy, batch_size=1)
-    target = {"chunk_file": (records, "save_npz_atomic"),
-              "manifest": (manifest_lib, "write_json_atomic"),
-              "csv_append": (records, "append_csv")}[crash_at]
+    target = {
+        "chunk_file": (atomic, "write_npz"),
+        "manifest": (atomic, "write_json"),
+        "csv_append": (records, "append_csv"),
+    }[crash_at]
     real = getattr(*target)
     count = {"n": 0}
 
     def flaky(*a, **k):
         count["n"] += 1
-        if count["n"] == (3 if crash_at == "csv_append" else 2):   # in chunk 2 (of 2)
-            if crash_at == "csv_append":   # a torn row, then death
+        if count["n"] == (3 if crash_at == "csv_append" else 2):  # in chunk 2 (of 2)
+            if crash_at == "csv_append":  # a torn row, then death
                 with open(a[0], "a") as f:
                     f.write("8,x.npy[8],latent_o")
             raise KeyboardInterrupt("simulated kill")
         return real(*a, **k)
+
     monkeypatch.setattr(*target, flaky)
     with pytest.raises(KeyboardInterrupt):
         invert.run(cfg, wd)
@@ -146,34 +159,37 @@ def test_crash_then_resume_identical(tmp_path, gen_dir, images_npy, reference, m
     assert not [f for _, _, fs in os.walk(wd) for f in fs if ".tmp-" in f]
 
 
-def test_sigterm_commits_chunk_in_flight_then_stops(tmp_path, gen_dir, images_npy, reference,
-                                                   monkeypatch):
+def test_sigterm_commits_chunk_in_flight_then_stops(
+    tmp_path, gen_dir, images_npy, reference, monkeypatch
+):
     """SIGTERM (preemption) during chunk 1: chunk 1 is finished and committed, the job stops
     with one line, and the rerun completes with the reference results."""
     import signal
+
     wd = str(tmp_path)
     cfg = support.job_config(gen_dir, data__path=images_npy, batch_size=1)
     real = invert.process_chunk
 
     def preempted(ctx, chunk, loaded=None):
-        os.kill(os.getpid(), signal.SIGTERM)        # arrives while the chunk is in flight
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the chunk is in flight
         return real(ctx, chunk, loaded)
+
     monkeypatch.setattr(invert, "process_chunk", preempted)
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as e:
         invert.run(cfg, wd)
     assert "stopped by SIGTERM after chunk_00000000" in str(e.value)
     assert len(json.load(open(os.path.join(wd, "manifest.json")))["chunks"]) == 1
-    assert signal.getsignal(signal.SIGTERM) != invert._SIGTERM._handle   # restored
+    assert signal.getsignal(signal.SIGTERM) == before  # restored
     monkeypatch.setattr(invert, "process_chunk", real)
     invert.run(cfg, wd)
     assert strip_seconds(read_rows(wd)) == strip_seconds(read_rows(reference))
 
 
-def test_disk_full_is_clear_and_resumable(tmp_path, gen_dir, images_npy, reference,
-                                          monkeypatch):
+def test_disk_full_is_clear_and_resumable(tmp_path, gen_dir, images_npy, reference, monkeypatch):
     wd = str(tmp_path)
     cfg = support.job_config(gen_dir, data__path=images_npy, batch_size=1)
-    real = records.save_npz_atomic
+    real = atomic.write_npz
     count = {"n": 0}
 
     def full_disk(path, **arrays):
@@ -181,13 +197,14 @@ def test_disk_full_is_clear_and_resumable(tmp_path, gen_dir, images_npy, referen
         if count["n"] == 2:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         return real(path, **arrays)
-    monkeypatch.setattr(records, "save_npz_atomic", full_disk)
+
+    monkeypatch.setattr(atomic, "write_npz", full_disk)
     with pytest.raises(SystemExit) as e:
         invert.run(cfg, wd)
     msg = str(e.value)
     assert "No space left on device" in msg and "rerun" in msg and "\n" not in msg
     assert len(json.load(open(os.path.join(wd, "manifest.json")))["chunks"]) == 1
-    monkeypatch.setattr(records, "save_npz_atomic", real)
+    monkeypatch.setattr(atomic, "write_npz", real)
     invert.run(cfg, wd)
     assert strip_seconds(read_rows(wd)) == strip_seconds(read_rows(reference))
 
@@ -198,8 +215,9 @@ def test_real_disk_full_on_tmpfs(tmp_path, gen_dir, images_npy, reference):
     finishes with the reference results."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mnt)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         wd = str(mnt / "w")
@@ -215,27 +233,31 @@ def test_real_disk_full_on_tmpfs(tmp_path, gen_dir, images_npy, reference):
         np.testing.assert_array_equal(latents(wd)[1], latents(reference)[1])
     finally:
         if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)   # still open: lazy
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)  # still open: lazy
 
 
 def test_resume_with_other_settings_fails_fast(tmp_path, gen_dir, images_npy, reference):
     with pytest.raises(SystemExit) as e:
-        invert.run(support.job_config(gen_dir, data__path=images_npy, batch_size=1, seed=5),
-                   reference)
+        invert.run(
+            support.job_config(gen_dir, data__path=images_npy, batch_size=1, seed=5), reference
+        )
     assert "different seed" in str(e.value)
 
 
 # ----------------------------------------------------------------------------- fail fast
 
 
-@pytest.mark.parametrize("override,needle", [
-    ({"method": "projection"}, "config.method='projection'"),
-    ({"generator": "/nonexistent/gan"}, "no such directory"),
-    ({"data__path": "/nonexistent/images"}, "no such file or folder"),
-    ({"steps": 0}, "config.steps"),
-    ({"init": "magic"}, "config.init"),
-    ({"latent_opt__space": "z"}, None),   # a bad method value surfaces from the method itself
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ({"method": "projection"}, "config.method='projection'"),
+        ({"generator": "/nonexistent/gan"}, "no such directory"),
+        ({"data__path": "/nonexistent/images"}, "no such file or folder"),
+        ({"steps": 0}, "config.steps"),
+        ({"init": "magic"}, "config.init"),
+        ({"latent_opt__space": "z"}, None),  # a bad method value surfaces from the method itself
+    ],
+)
 def test_bad_settings_fail_fast(tmp_path, gen_dir, images_npy, override, needle):
     kw = {"data__path": images_npy, **override}
     wd = str(tmp_path / "w")
@@ -270,8 +292,9 @@ def _png_bytes(img: Image.Image, **kw) -> bytes:
 def _png_header_only(w: int, h: int) -> bytes:
     """A PNG whose header claims w x h (a decompression bomb's calling card)."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(
-        ">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    chunk = lambda t, d: (
+        struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    )
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
@@ -284,25 +307,27 @@ def make_messy_folder(root) -> tuple[list[str], list[str]]:
         "a/b/rgba.png": _png_bytes(rgb.convert("RGBA")),
         "gray.png": _png_bytes(rgb.convert("L")),
         "palette.png": _png_bytes(rgb.convert("P")),
-        "sixteen.png": _png_bytes(Image.fromarray(
-            rng.integers(0, 65535, (20, 20), dtype=np.uint16))),
-        "tall.webp": _png_bytes(Image.fromarray(
-            rng.integers(0, 256, (300, 7, 3), dtype=np.uint8)), format="WEBP"),
+        "sixteen.png": _png_bytes(
+            Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16))
+        ),
+        "tall.webp": _png_bytes(
+            Image.fromarray(rng.integers(0, 256, (300, 7, 3), dtype=np.uint8)), format="WEBP"
+        ),
         "tiny.PNG": _png_bytes(Image.new("RGB", (3, 5), (200, 10, 10))),
         "cmyk.jpg": _png_bytes(rgb.convert("CMYK"), format="JPEG"),
     }
     full_png = _png_bytes(rgb)
     full_jpg = good["a/rgb.jpg"]
     corrupt_idat = bytearray(full_png)
-    corrupt_idat[len(corrupt_idat) // 2:len(corrupt_idat) // 2 + 40] = b"\0" * 40
+    corrupt_idat[len(corrupt_idat) // 2 : len(corrupt_idat) // 2 + 40] = b"\0" * 40
     broken = {
         "empty.png": b"",
-        "truncated.png": full_png[:len(full_png) // 2],
-        "truncated.jpg": full_jpg[:len(full_jpg) // 3],
+        "truncated.png": full_png[: len(full_png) // 2],
+        "truncated.jpg": full_jpg[: len(full_jpg) // 3],
         "text_as.jpg": b"hello, I am not an image\n" * 10,
         "noise.webp": rng.integers(0, 256, 2000, dtype=np.uint8).tobytes(),
-        "bomb.png": _png_header_only(100_000, 100_000),     # PIL's own limit refuses it
-        "bomb_mid.png": _png_header_only(9_000, 9_000),     # under PIL's, over data.max_pixels
+        "bomb.png": _png_header_only(100_000, 100_000),  # PIL's own limit refuses it
+        "bomb_mid.png": _png_header_only(9_000, 9_000),  # under PIL's, over data.max_pixels
         "notes.txt": b"not an image extension",
         "page.png": b"<html><body>404</body></html>",
         "corrupt_idat.png": bytes(corrupt_idat),
@@ -329,14 +354,18 @@ def test_broken_files_recorded_good_ones_done(tmp_path, gen_dir):
     wd = str(tmp_path / "w")
     invert.run(support.job_config(gen_dir, data__path=str(folder), batch_size=1), wd)
     rows = {r["path"]: r for r in read_rows(wd)}
-    assert sorted(rows) == sorted(good + broken)     # every file exactly once, nothing hidden
+    assert sorted(rows) == sorted(good + broken)  # every file exactly once, nothing hidden
     assert len(read_rows(wd)) == len(rows)
     for p in good:
         assert rows[p]["status"] in ("max_steps", "converged"), (p, rows[p])
     fails = {r["path"]: r["reason"] for r in records.read_csv(os.path.join(wd, "failures.csv"))}
     assert sorted(fails) == sorted(broken)
-    assert all(rows[p]["status"] == "bad_input" and rows[p]["iterations"] == "0"
-               and rows[p]["mse"] == "nan" for p in broken)
+    assert all(
+        rows[p]["status"] == "bad_input"
+        and rows[p]["iterations"] == "0"
+        and rows[p]["mse"] == "nan"
+        for p in broken
+    )
     assert "empty file" in fails["empty.png"]
     assert "decompression bomb" in fails["bomb.png"]
     assert "too large" in fails["bomb_mid.png"]
@@ -347,7 +376,7 @@ def test_broken_files_recorded_good_ones_done(tmp_path, gen_dir):
 
 def test_preprocess_modes_and_arrays():
     pre = sources.Preprocess(resolution=8, channels=3, background=255)
-    rgba = np.zeros((4, 4, 4), np.uint8)   # fully transparent -> the background
+    rgba = np.zeros((4, 4, 4), np.uint8)  # fully transparent -> the background
     out = sources.prepare_array(rgba, pre)
     assert out.shape == (8, 8, 3) and np.allclose(out, 1.0)
     pad = sources.Preprocess(resolution=8, channels=1, resize_mode="pad")
@@ -355,9 +384,12 @@ def test_preprocess_modes_and_arrays():
     out = sources.prepare_array(small, pad)
     assert out.shape == (8, 8, 1) and out[4, 4, 0] == 1.0 and out[0, 0, 0] == -1.0
     f = np.linspace(-1, 1, 8 * 8).reshape(8, 8, 1).astype(np.float32)
-    np.testing.assert_array_equal(sources.prepare_array(f, pad), f)   # exact, no 8-bit trip
-    for bad, why in [(f * 3, "outside"), (f * np.nan, "non-finite"),
-                     (np.zeros((8, 8, 2), np.uint8), "expected")]:
+    np.testing.assert_array_equal(sources.prepare_array(f, pad), f)  # exact, no 8-bit trip
+    for bad, why in [
+        (f * 3, "outside"),
+        (f * np.nan, "non-finite"),
+        (np.zeros((8, 8, 2), np.uint8), "expected"),
+    ]:
         with pytest.raises(sources.ItemError, match=why):
             sources.prepare_array(bad, pad)
 
@@ -365,21 +397,21 @@ def test_preprocess_modes_and_arrays():
 def test_alignment_hook(tmp_path):
     Image.new("L", (16, 16), 255).save(tmp_path / "white.png")
     img = np.zeros((16, 16), np.uint8)
-    img[4:12, 4:12] = 200                   # the "face" fills the centre
+    img[4:12, 4:12] = 200  # the "face" fills the centre
     Image.fromarray(img).save(tmp_path / "face.png")
     hook = sources.resolve_align("test_invert_job_support:align_center_or_none")
     pre = sources.Preprocess(resolution=8, channels=1, align=hook)
     src = sources.FolderSource(str(tmp_path))
     (face, why_face), (white, why_white) = src.load_many(range(2), pre)
     assert src.paths == ["face.png", "white.png"]
-    assert why_face == "" and np.allclose(face, 200 / 127.5 - 1, atol=1e-6)   # the crop only
+    assert why_face == "" and np.allclose(face, 200 / 127.5 - 1, atol=1e-6)  # the crop only
     assert white is None and "alignment hook" in why_white
     with pytest.raises(sources.SourceError, match="cannot import"):
         sources.resolve_align("no_such_module:fn")
 
 
 def test_array_layouts(tmp_path):
-    x = np.random.default_rng(0).integers(0, 256, (3, 1, 8, 8), dtype=np.uint8)   # NCHW
+    x = np.random.default_rng(0).integers(0, 256, (3, 1, 8, 8), dtype=np.uint8)  # NCHW
     np.savez(tmp_path / "a.npz", images=x, labels=np.arange(3))
     src = sources.ArraySource(str(tmp_path / "a.npz"))
     img, why = src.load_prepared(1, sources.Preprocess(8, 1))
@@ -389,14 +421,13 @@ def test_array_layouts(tmp_path):
         sources.ArraySource(str(tmp_path / "b.npy"))
 
 
-FMNIST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
-needs_fmnist = pytest.mark.skipif(not os.path.exists(FMNIST) and os.environ.get("CI") != "true",
-                                  reason="Debian dataset-fashion-mnist not installed")
+from _ci import needs_fmnist  # noqa: E402  (skips locally, fails under CI=true)
 
 
 @needs_fmnist
 def test_bundled_sample_is_fashion_mnist_test():
     from ganinv_jax.data import load_fashion_mnist
+
     with np.load(sources.BUNDLED_SAMPLE) as z:
         imgs, idx = z["images"], z["test_index"]
     ref = load_fashion_mnist("test", resolution=32, channels=1)
@@ -405,8 +436,9 @@ def test_bundled_sample_is_fashion_mnist_test():
 
 @needs_fmnist
 def test_tfds_fashion_mnist_offline():
-    src = sources.open_source(support.job_config("default", data__tfds_name="fashion_mnist",
-                                                 data__limit=5).data)
+    src = sources.open_source(
+        support.job_config("default", data__tfds_name="fashion_mnist", data__limit=5).data
+    )
     assert len(src) == 5
     img, why = src.load_prepared(0, sources.Preprocess(32, 3))
     assert why == "" and img.shape == (32, 32, 3)
@@ -416,18 +448,24 @@ def test_tfds_fashion_mnist_offline():
 
 
 def test_nan_fails_one_image_others_continue(tmp_path, gen_dir):
-    methods._REGISTERED.pop("toy_nan", None)
-    methods.register(support.toy_nan_method())
+    inversion.register(support.toy_nan_method())
     x = np.random.default_rng(1).integers(0, 120, (6, 16, 16, 1), dtype=np.uint8)
-    x[[1, 4]] = 255                       # the two "bright" images
+    x[[1, 4]] = 255  # the two "bright" images
     np.save(tmp_path / "x.npy", x)
     wd = str(tmp_path / "w")
-    cfg = support.job_config(gen_dir, data__path=str(tmp_path / "x.npy"), method="toy_nan",
-                             batch_size=1)
+    cfg = support.job_config(
+        gen_dir, data__path=str(tmp_path / "x.npy"), method="toy_nan", batch_size=1
+    )
     invert.run(cfg, wd)
     rows = read_rows(wd)
-    assert [r["status"] for r in rows] == ["max_steps", "failed", "max_steps", "max_steps",
-                                          "failed", "max_steps"]
+    assert [r["status"] for r in rows] == [
+        "max_steps",
+        "failed",
+        "max_steps",
+        "max_steps",
+        "failed",
+        "max_steps",
+    ]
     assert [int(r["iterations"]) for r in rows] == [6, 2, 6, 6, 2, 6]
     fails = records.read_csv(os.path.join(wd, "failures.csv"))
     assert [f["id"] for f in fails] == ["1", "4"] and "non-finite" in fails[0]["reason"]
@@ -438,11 +476,11 @@ def test_nan_fails_one_image_others_continue(tmp_path, gen_dir):
 
 
 def test_tuned_params_saved_with_orbax_and_loadable(tmp_path, gen_dir, images_npy):
-    methods._REGISTERED.pop("toy_tuned", None)
-    methods.register(support.toy_tuned_method())
+    inversion.register(support.toy_tuned_method())
     wd = str(tmp_path)
-    invert.run(support.job_config(gen_dir, data__path=images_npy, method="toy_tuned",
-                                  batch_size=1), wd)
+    invert.run(
+        support.job_config(gen_dir, data__path=images_npy, method="toy_tuned", batch_size=1), wd
+    )
     chunks = json.load(open(os.path.join(wd, "manifest.json")))["chunks"]
     assert [c["tuned"] for c in chunks] == ["tuned/chunk_00000000", "tuned/chunk_00000008"]
     _, lat, _ = latents(wd)
@@ -453,8 +491,9 @@ def test_tuned_params_saved_with_orbax_and_loadable(tmp_path, gen_dir, images_np
         assert delta["delta"]["w_shift"].shape == lat[i].shape
     d7, d9 = invert.load_tuned(wd, 7), invert.load_tuned(wd, 9)
     assert not np.allclose(d7["delta"]["w_shift"], d9["delta"]["w_shift"])
-    np.testing.assert_allclose(d9["delta"]["w_shift"] - d7["delta"]["w_shift"], lat[9] - lat[7],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        d9["delta"]["w_shift"] - d7["delta"]["w_shift"], lat[9] - lat[7], atol=1e-5
+    )
     with pytest.raises(KeyError):
         invert.load_tuned(wd, 11)
 
@@ -462,16 +501,24 @@ def test_tuned_params_saved_with_orbax_and_loadable(tmp_path, gen_dir, images_np
 @pytest.mark.slow
 def test_pti_saves_tuned_deltas(tmp_path, gen_dir, images_npy):
     wd = str(tmp_path)
-    cfg = support.job_config(gen_dir, data__path=images_npy, method="pti", steps=2,
-                             steps_per_call=2, data__limit=3, pti__perceptual="pooled_l2",
-                             pti__reg_weight=0.0, batch_size=1)
+    cfg = support.job_config(
+        gen_dir,
+        data__path=images_npy,
+        method="pti",
+        steps=2,
+        steps_per_call=2,
+        data__limit=3,
+        pti__perceptual="pooled_l2",
+        pti__reg_weight=0.0,
+        batch_size=1,
+    )
     invert.run(cfg, wd)
     chunks = json.load(open(os.path.join(wd, "manifest.json")))["chunks"]
     assert all(c["tuned"] for c in chunks)
     delta = invert.load_tuned(wd, 2)
     leaves = jax.tree_util.tree_leaves(delta)
     assert leaves and all(np.isfinite(l).all() for l in leaves)
-    assert max(float(np.abs(l).max()) for l in leaves) > 0     # G was actually tuned
+    assert max(float(np.abs(l).max()) for l in leaves) > 0  # G was actually tuned
 
 
 # ----------------------------------------------------------------------------- real kill -9
@@ -484,12 +531,13 @@ def _check_workdir_consistent(wd: str) -> int:
         return 0
     chunks = json.load(open(path))["chunks"]
     for c in chunks:
-        rec = records.load_chunk(os.path.join(wd, c["file"]))    # loads: not torn
+        rec = records.load_chunk(os.path.join(wd, c["file"]))  # loads: not torn
         for i, s in zip(rec["ids"], rec["status"]):
             if s in records.OK_STATUSES:
                 Image.open(os.path.join(wd, "recon", f"{int(i):08d}.png")).load()
-    for name in os.listdir(os.path.join(wd, "recon")) if os.path.isdir(
-            os.path.join(wd, "recon")) else []:
+    for name in (
+        os.listdir(os.path.join(wd, "recon")) if os.path.isdir(os.path.join(wd, "recon")) else []
+    ):
         if ".tmp-" not in name:
             Image.open(os.path.join(wd, "recon", name)).load()
     return len(chunks)
@@ -501,12 +549,19 @@ def test_kill9_at_random_moments_then_resume(tmp_path, gen_dir):
     equals an uninterrupted run bit for bit, with every image exactly once."""
     data = support.write_array_images(str(tmp_path / "x.npy"), 24, seed=7)
     ref = str(tmp_path / "ref")
-    invert.run(support.job_config(gen_dir, data__path=data, batch_size=2), ref,
-               devices=jax.devices()[:2])
+    invert.run(
+        support.job_config(gen_dir, data__path=data, batch_size=2), ref, devices=jax.devices()[:2]
+    )
     wd = str(tmp_path / "killed")
     env = dict(os.environ, TEST_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, os.path.join(HERE, "test_invert_job_support.py"), wd, gen_dir,
-           f"data.path={data}", "batch_size=2"]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "test_invert_job_support.py"),
+        wd,
+        gen_dir,
+        f"data.path={data}",
+        "batch_size=2",
+    ]
     rng = np.random.default_rng(0)
     kills = 0
 
@@ -515,6 +570,7 @@ def test_kill9_at_random_moments_then_resume(tmp_path, gen_dir):
             return len(json.load(open(os.path.join(wd, "manifest.json")))["chunks"])
         except (OSError, ValueError):
             return 0
+
     # attempt 0: killed during start-up; attempts 1-3: killed a random moment (0-1.5 s) after
     # the next chunk commits, i.e. inside the following chunk's compute or writes; then finish.
     for attempt in range(5):
@@ -529,7 +585,7 @@ def test_kill9_at_random_moments_then_resume(tmp_path, gen_dir):
                     time.sleep(0.05)
                 time.sleep(float(rng.uniform(0.0, 1.5)))
             if p.poll() is None:
-                p.kill()                               # SIGKILL
+                p.kill()  # SIGKILL
                 p.wait()
                 kills += 1
                 _check_workdir_consistent(wd)
@@ -549,9 +605,16 @@ def test_kill9_at_random_moments_then_resume(tmp_path, gen_dir):
 # ----------------------------------------------------------------------------- paper starts
 
 
-@pytest.mark.parametrize("method,has_encoder,want", [
-    ("latent_opt", True, "encoder"), ("latent_opt", False, "mean_w"),
-    ("pti", True, "latent_opt"), ("clone", False, "latent_opt"), ("gmm", True, "latent_opt")])
+@pytest.mark.parametrize(
+    "method,has_encoder,want",
+    [
+        ("latent_opt", True, "encoder"),
+        ("latent_opt", False, "mean_w"),
+        ("pti", True, "latent_opt"),
+        ("clone", False, "latent_opt"),
+        ("gmm", True, "latent_opt"),
+    ],
+)
 def test_init_auto_is_each_methods_paper_start(gen_dir, method, has_encoder, want):
     config = support.job_config(gen_dir, method=method)
     assert invert.resolve_init(config, has_encoder) == want
@@ -562,14 +625,19 @@ def test_init_auto_is_each_methods_paper_start(gen_dir, method, has_encoder, wan
 def test_pivot_projection_uses_the_jobs_latent_opt_loss(gen_dir):
     config = support.job_config(gen_dir, method="pti", init_steps=7, init_space="w+")
     cfg = invert.pivot_config(config, has_encoder=True)
-    assert (cfg.space, cfg.num_steps, cfg.perceptual, cfg.initial_noise_factor) == \
-        ("w+", 7, "pooled_l2", 0.0)
+    assert (cfg.space, cfg.num_steps, cfg.perceptual, cfg.initial_noise_factor) == (
+        "w+",
+        7,
+        "pooled_l2",
+        0.0,
+    )
     assert invert.pivot_config(config, has_encoder=False).initial_noise_factor > 0
 
 
 @needs_fmnist
 def test_clone_reals_default_to_the_default_models_training_split(gen_dir):
     from ganinv_jax import data as data_lib
+
     pre = sources.Preprocess(resolution=32, channels=3)
     reals = invert.load_reals(support.job_config("default", method="clone", reals__num=16), pre)
     train = data_lib.load_fashion_mnist("train", resolution=32, channels=3)
@@ -585,8 +653,15 @@ def test_tuning_method_runs_around_a_projected_pivot(tmp_path, gen_dir, images_n
     """init=auto with PTI: the job projects a pivot (latent_opt, init_steps) and tunes around it;
     the manifest records the pivot's config so a resume with another pivot is refused."""
     wd = str(tmp_path / "w")
-    config = support.job_config(gen_dir, data__path=images_npy, method="pti", steps=2,
-                                steps_per_call=2, init_steps=2, pti__perceptual="none")
+    config = support.job_config(
+        gen_dir,
+        data__path=images_npy,
+        method="pti",
+        steps=2,
+        steps_per_call=2,
+        init_steps=2,
+        pti__perceptual="none",
+    )
     invert.run(config, wd)
     settings = json.load(open(os.path.join(wd, "manifest.json")))["run"]
     assert settings["init"] == "latent_opt"

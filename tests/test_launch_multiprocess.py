@@ -1,5 +1,6 @@
 """Multi-host: 2 jax.distributed processes x 4 fake CPU devices on 127.0.0.1 produce the same
 per-image results as one process with 8 devices (and the launch script really works)."""
+
 from __future__ import annotations
 
 import json
@@ -52,10 +53,23 @@ def run_processes(workdir, gen, data, nproc, ndev, overrides) -> None:
     port = free_port()
     procs = []
     for i in range(nproc):
-        env = dict(os.environ, TEST_NUM_CPU_DEVICES=str(ndev), TEST_COORDINATOR=f"127.0.0.1:{port}",
-                   TEST_NUM_PROCESSES=str(nproc), TEST_PROCESS_ID=str(i), JAX_PLATFORMS="cpu")
-        procs.append(subprocess.Popen([sys.executable, SUPPORT, workdir, gen] + overrides, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            TEST_NUM_CPU_DEVICES=str(ndev),
+            TEST_COORDINATOR=f"127.0.0.1:{port}",
+            TEST_NUM_PROCESSES=str(nproc),
+            TEST_PROCESS_ID=str(i),
+            JAX_PLATFORMS="cpu",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, SUPPORT, workdir, gen] + overrides,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
@@ -86,14 +100,24 @@ def test_two_processes_match_one(setup):
 def test_launch_script_local_multiprocess(setup):
     """launch/local_multiprocess.sh through `python -m ganinv_jax.main` (the user's path)."""
     root, gen, data = setup
-    flags = [f"--config.generator={gen}", f"--config.data.path={data}", "--config.steps=4",
-             "--config.steps_per_call=2", "--config.batch_size=1",
-             "--config.latent_opt.perceptual=pooled_l2"]
+    flags = [
+        f"--config.generator={gen}",
+        f"--config.data.path={data}",
+        "--config.steps=4",
+        "--config.steps_per_call=2",
+        "--config.batch_size=1",
+        "--config.latent_opt.perceptual=pooled_l2",
+    ]
     multi = str(root / "script")
-    r = subprocess.run(["bash", os.path.join(REPO, "launch", "local_multiprocess.sh"), "2", "4",
-                        multi] + flags, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        ["bash", os.path.join(REPO, "launch", "local_multiprocess.sh"), "2", "4", multi] + flags,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     single = str(root / "script_single")
-    invert.run(support.job_config(gen, data__path=data, steps=4, steps_per_call=2,
-                                  batch_size=1), single)
+    invert.run(
+        support.job_config(gen, data__path=data, steps=4, steps_per_call=2, batch_size=1), single
+    )
     compare_rows(single, multi)

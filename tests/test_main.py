@@ -2,6 +2,7 @@
 
 Subprocesses (the real command line); a tiny random generator DIR stands in for the default.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,34 +30,59 @@ def load_config(variant: str = ""):
 
 def main(workdir, *flags, timeout=600):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "ganinv_jax.main", f"--config={CONFIG}",
-                           f"--workdir={workdir}", *flags], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ganinv_jax.main",
+            f"--config={CONFIG}",
+            f"--workdir={workdir}",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+    )
 
 
 def last_line(stderr: str) -> str:
-    lines = [l for l in stderr.strip().splitlines()
-             if l and not l.startswith(("WARNING: All log", "I0000", "W0000"))]
+    lines = [
+        l
+        for l in stderr.strip().splitlines()
+        if l and not l.startswith(("WARNING: All log", "I0000", "W0000"))
+    ]
     return lines[-1] if lines else ""
 
 
 def test_config_contract():
     c = load_config()
     assert c.task == "invert"
-    for key in ("method", "steps", "batch_size", "seed", "generator", "data.path",
-                "data.tfds_name", "data.split", "data.limit"):
+    for key in (
+        "method",
+        "steps",
+        "batch_size",
+        "seed",
+        "generator",
+        "data.path",
+        "data.tfds_name",
+        "data.split",
+        "data.limit",
+    ):
         node = c
         for part in key.split("."):
             node = node[part]
     assert c.generator == "default" and c.method == "latent_opt" and c.init == "auto"
     from ganinv_jax.inversion import latent_opt, pti
+
     assert c.latent_opt.initial_lr == latent_opt.default_config().initial_lr
-    assert "num_steps" not in c.latent_opt      # config.steps is the one source of truth
+    assert "num_steps" not in c.latent_opt  # config.steps is the one source of truth
     # the job's one PTI departure (documented in the config): lr 3e-3 around a W+ pivot
     assert c.pti.lr == 3e-3 and c.init_space == "w+" and pti.default_config().lr == 3e-4
     assert c.pti.reg_weight == pti.default_config().reg_weight
     assert load_config("tiny").steps < c.steps
-    assert c.sample.num > 0                      # task 'sample' keeps working
+    assert c.sample.num > 0  # task 'sample' keeps working
     with pytest.raises(ValueError):
         load_config("huge")
 
@@ -65,8 +91,14 @@ def test_end_to_end_tiny(tmp_path):
     gen = support.make_tiny_gan_dir(str(tmp_path / "gen"))
     data = support.write_array_images(str(tmp_path / "x.npy"), 5)
     wd = tmp_path / "w"
-    r = main(wd, f"--config.generator={gen}", f"--config.data.path={data}", "--config.steps=3",
-             "--config.steps_per_call=3", "--config.latent_opt.perceptual=pooled_l2")
+    r = main(
+        wd,
+        f"--config.generator={gen}",
+        f"--config.data.path={data}",
+        "--config.steps=3",
+        "--config.steps_per_call=3",
+        "--config.latent_opt.perceptual=pooled_l2",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "invert: 5/5 images (100.0%)" in r.stderr and "images/s" in r.stderr
     rows = (wd / "metrics.csv").read_text().splitlines()
@@ -77,15 +109,100 @@ def test_end_to_end_tiny(tmp_path):
     assert len(np.load(wd / "latents.npz")["ids"]) == 5
 
 
-@pytest.mark.parametrize("flag,needle", [
-    ("--config.methd=pti", "unknown config key '--config.methd'"),
-    ("--config.generator=/no/such/gan", "invert: error: config.generator='/no/such/gan'"),
-    ("--config.method=nope", "invert: error: config.method='nope'"),
-    ("--config.data.path=/no/such/data.npz", "invert: error: data.path"),
-])
+@pytest.mark.parametrize(
+    "flag,needle",
+    [
+        ("--config.methd=pti", "unknown config key '--config.methd'"),
+        ("--config.generator=/no/such/gan", "invert: error: config.generator='/no/such/gan'"),
+        ("--config.method=nope", "invert: error: config.method='nope'"),
+        ("--config.data.path=/no/such/data.npz", "invert: error: data.path"),
+    ],
+)
 def test_bad_settings_one_line(tmp_path, flag, needle):
     r = main(tmp_path / "w", flag, timeout=300)
     assert r.returncode != 0
     assert needle in last_line(r.stderr), r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "w" / "manifest.json").exists()
+
+
+INVGAN_CONFIG = os.path.join(REPO, "configs", "invgan_fashion_mnist.py")
+
+
+def main_invgan(workdir, variant, *flags, timeout=600):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ganinv_jax.main",
+            f"--config={INVGAN_CONFIG}:{variant}",
+            f"--workdir={workdir}",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    "task,flags,needle",
+    [
+        ("sample", ("--config.generator=/no/such/gan",), "sample: error: /no/such/gan: no such"),
+        (
+            "train_invgan",
+            ("--config.data.dir=/no/such/fmnist",),
+            "train_invgan: error: /no/such/fmnist/train-images-idx3-ubyte.gz: dataset file "
+            "not found",
+        ),
+        ("export", (), "export: error: config.export.out"),
+        ("export", ("--config.export.out=OUT",), "export: error: {wd}: no training checkpoints"),
+        ("ablation", ("--config.ablation.figure_only=True",), "ablation: error: "),
+    ],
+)
+def test_every_task_fails_with_one_line(tmp_path, task, flags, needle):
+    """The error contract of every task: one line naming the problem and the file, exit 1,
+    no traceback, nothing written where the output would go."""
+    wd = tmp_path / "w"
+    flags = [f.replace("OUT", str(tmp_path / "out")) for f in flags]
+    if task == "sample":
+        r = main(wd, "--config.task=sample", *flags, timeout=300)
+    else:
+        r = main_invgan(wd, "tiny", f"--config.task={task}", *flags, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert needle.format(wd=wd) in last_line(r.stderr), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+    assert not (wd / "checkpoints").exists() or task == "ablation"
+
+
+def test_train_then_export_through_main(tmp_path):
+    """The trainer and the exporter are tasks of the one entry point: 4 tiny steps, then the
+    workdir becomes a DIR that `pretrained.load` reads and that generates what G_ema does."""
+    wd, out = tmp_path / "w", tmp_path / "dir"
+    r = main_invgan(wd, "tiny")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (wd / "checkpoints" / "4").is_dir()
+    r = main_invgan(
+        wd,
+        "tiny",
+        "--config.task=export",
+        f"--config.export.out={out}",
+        "--config.export.num_test=16",
+        "--config.export.note=from test",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    from ganinv_jax import pretrained
+
+    gan = pretrained.load(str(out))
+    assert gan.meta["source"]["step"] == 4 and gan.meta["source"]["note"] == "from test"
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["num_test"] == 16 and np.isfinite(ev["test_mae_g_ema"])
+    for f in ("samples.png", "reconstructions.png", "MODEL.md", "train_config.json"):
+        assert (out / f).is_file(), f
+    from PIL import Image
+
+    assert Image.open(out / "samples.png").size[0] >= 8 * 128  # readable: >= 128 px per cell

@@ -3,6 +3,7 @@
 Numerical parity with the PyTorch originals is in test_convert.py; here tiny widths keep the
 number and cost of compilations low (one jitted forward+grad per config, module-scoped).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,14 @@ N = 2
 def tiny(resolution, channels=8, **kw) -> S.StyleGAN2Config:
     nb = int(math.log2(resolution)) - 1
     chans = channels if isinstance(channels, tuple) else (channels,) * nb
-    base = dict(resolution=resolution, channels=chans, z_dim=16, w_dim=16, mapping_layers=2,
-                d_mapping_layers=1)
+    base = dict(
+        resolution=resolution,
+        channels=chans,
+        z_dim=16,
+        w_dim=16,
+        mapping_layers=2,
+        d_mapping_layers=1,
+    )
     return S.StyleGAN2Config(**{**base, **kw})
 
 
@@ -30,8 +37,14 @@ CONFIGS = {
     # G skip / D resnet, NVlabs conventions with conv clamp.
     "32-skip-resnet": tiny(32, (16, 16, 8, 8), conv_clamp=256.0),
     # G orig / D skip, grayscale, conditional G and D, rosinality modconv scaling.
-    "64-orig-skip-gray-cond": tiny(64, img_channels=1, architecture="orig", d_architecture="skip",
-                                   c_dim=3, fan_in_scale_modconv=True),
+    "64-orig-skip-gray-cond": tiny(
+        64,
+        img_channels=1,
+        architecture="orig",
+        d_architecture="skip",
+        c_dim=3,
+        fan_in_scale_modconv=True,
+    ),
     # G resnet / D orig at 256.
     "256-resnet-orig": tiny(256, architecture="resnet", d_architecture="orig"),
     # The smallest StyleGAN: a single 4x4 block, conditional.
@@ -43,8 +56,9 @@ def _inputs(cfg, seed=0):
     kz, kc, ki = jax.random.split(jax.random.key(seed), 3)
     z = jax.random.normal(kz, (N, cfg.z_dim))
     c = jax.nn.one_hot(jnp.arange(N) % cfg.c_dim, cfg.c_dim) if cfg.c_dim else None
-    img = jax.random.uniform(ki, (N, cfg.resolution, cfg.resolution, cfg.img_channels),
-                             minval=-1, maxval=1)
+    img = jax.random.uniform(
+        ki, (N, cfg.resolution, cfg.resolution, cfg.img_channels), minval=-1, maxval=1
+    )
     return z, c, img
 
 
@@ -52,8 +66,9 @@ def _random_variables(cfg, net, seed=0):
     """Init-shaped variables filled in numpy (no compile); noise strengths made non-zero."""
     rng = np.random.RandomState(seed)
     abstract = pretrained.abstract_variables(cfg, [net])[net]
-    return jax.tree_util.tree_map(lambda x: rng.standard_normal(x.shape).astype(np.float32),
-                                  abstract)
+    return jax.tree_util.tree_map(
+        lambda x: rng.standard_normal(x.shape).astype(np.float32), abstract
+    )
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS), ids=list(CONFIGS))
@@ -69,6 +84,7 @@ def case(request):
         def loss(v, ws):
             out = G.apply(v, ws, "const", method=G.synthesis)
             return jnp.mean(jnp.square(out)), out
+
         ws = G.apply(v, z, c, method=G.mapping)
         (_, out), (g_v, g_ws) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(v, ws)
         return ws, out, g_v, g_ws
@@ -78,13 +94,28 @@ def case(request):
         def loss(img):
             logits = D.apply(v, img, c)
             return jnp.sum(logits), logits
+
         (_, logits), g_img = jax.value_and_grad(loss, has_aux=True)(img)
         return logits, g_img
 
     ws, out, g_v, g_ws = g_step(g_vars, z, c)
     logits, g_img = d_step(d_vars, img, c)
-    return dict(cfg=cfg, G=G, D=D, g_vars=g_vars, d_vars=d_vars, z=z, c=c, img=img, ws=ws,
-                out=out, g_v=g_v, g_ws=g_ws, logits=logits, g_img=g_img)
+    return dict(
+        cfg=cfg,
+        G=G,
+        D=D,
+        g_vars=g_vars,
+        d_vars=d_vars,
+        z=z,
+        c=c,
+        img=img,
+        ws=ws,
+        out=out,
+        g_v=g_v,
+        g_ws=g_ws,
+        logits=logits,
+        g_img=g_img,
+    )
 
 
 def _finite_nonzero(tree):
@@ -106,11 +137,13 @@ def test_shapes_dtypes(case):
 def test_gradients(case):
     assert _finite_nonzero(case["g_v"]["params"])
     assert _finite_nonzero(case["g_ws"])
-    assert _finite_nonzero(case["g_img"])            # R1 needs d logits / d image
+    assert _finite_nonzero(case["g_img"])  # R1 needs d logits / d image
     # Every generator parameter leaf receives a gradient (nothing is disconnected).
-    dead = [jax.tree_util.keystr(p) for p, g in
-            jax.tree_util.tree_leaves_with_path(case["g_v"]["params"])
-            if not float(jnp.abs(g).max()) > 0 and "mapping" not in jax.tree_util.keystr(p)]
+    dead = [
+        jax.tree_util.keystr(p)
+        for p, g in jax.tree_util.tree_leaves_with_path(case["g_v"]["params"])
+        if not float(jnp.abs(g).max()) > 0 and "mapping" not in jax.tree_util.keystr(p)
+    ]
     assert not dead, dead
 
 
@@ -119,8 +152,9 @@ def test_variables_match_eval_shape(case):
     cfg = case["cfg"]
     if cfg.resolution > 4:
         pytest.skip("one real init is enough; larger ones only cost compile time")
-    real = jax.jit(pretrained.init_variables, static_argnums=(0, 1))(cfg, "G_ema",
-                                                                     jax.random.key(0))
+    real = jax.jit(pretrained.init_variables, static_argnums=(0, 1))(
+        cfg, "G_ema", jax.random.key(0)
+    )
     abstract = pretrained.abstract_variables(cfg, ["G_ema"])["G_ema"]
     assert jax.tree_util.tree_structure(real) == jax.tree_util.tree_structure(abstract)
     for a, b in zip(jax.tree_util.tree_leaves(real), jax.tree_util.tree_leaves(abstract)):
@@ -163,8 +197,15 @@ def test_d_vmap_matches_batch(name):
 def test_noise_layer_names_order():
     cfg = CONFIGS["32-skip-resnet"]
     names = S.noise_layer_names(cfg)
-    assert names == ["b4.conv1", "b8.conv0", "b8.conv1", "b16.conv0", "b16.conv1",
-                     "b32.conv0", "b32.conv1"]
+    assert names == [
+        "b4.conv1",
+        "b8.conv0",
+        "b8.conv1",
+        "b16.conv0",
+        "b16.conv1",
+        "b32.conv0",
+        "b32.conv1",
+    ]
     assert len(names) == cfg.num_ws - 1
     assert S.noise_shapes(cfg)["b16.conv0"] == (16, 16)
 
@@ -193,13 +234,16 @@ def test_noise_modes_differ_and_override():
     G = S.Generator(cfg)
     v = _random_variables(cfg, "G_ema")
     ws = jax.random.normal(jax.random.key(4), (N, cfg.num_ws, cfg.w_dim))
-    syn = jax.jit(lambda ws, mode, noise: G.apply(v, ws, mode, noise, method=G.synthesis),
-                  static_argnums=1)
+    syn = jax.jit(
+        lambda ws, mode, noise: G.apply(v, ws, mode, noise, method=G.synthesis), static_argnums=1
+    )
     const, none = syn(ws, "const", None), syn(ws, "none", None)
     assert float(jnp.abs(const - none).max()) > 1e-3
     # Overriding every layer with its own const buffer reproduces 'const'.
-    bufs = {n: v["buffers"]["synthesis"][n.split(".")[0]][n.split(".")[1]]["noise_const"]
-            for n in S.noise_layer_names(cfg)}
+    bufs = {
+        n: v["buffers"]["synthesis"][n.split(".")[0]][n.split(".")[1]]["noise_const"]
+        for n in S.noise_layer_names(cfg)
+    }
     np.testing.assert_allclose(syn(ws, "none", bufs), const, atol=1e-5)
     with pytest.raises(ValueError, match="ws must be"):
         G.apply(v, ws[:, :-1], method=G.synthesis)
@@ -213,8 +257,8 @@ def _mbstd_reference(x, group):
     m = n // group
     out = np.zeros((n,), np.float64)
     for j in range(m):
-        members = x[j::m].astype(np.float64)          # [G, H, W, C]
-        std = np.sqrt(members.var(axis=0) + 1e-8)     # population variance over the group
+        members = x[j::m].astype(np.float64)  # [G, H, W, C]
+        std = np.sqrt(members.var(axis=0) + 1e-8)  # population variance over the group
         out[j::m] = std.mean()
     return out
 

@@ -7,12 +7,14 @@ with the real VGG weights, and (d) the PTI loop runs and lowers the loss.
 torch is a test extra: without it these tests skip, except under CI=true, where a missing torch
 or a missing fixture is a failure (CI installs both).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 import math
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,14 +24,12 @@ import pytest
 from ganinv_jax import losses, pretrained
 from ganinv_jax.models import stylegan2 as S
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-if IN_CI:
-    import torch  # noqa: F401  (CI installs the test extras: a missing torch must fail there)
-else:
-    torch = pytest.importorskip("torch")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _ci  # noqa: E402
+
+torch = _ci.importorskip("torch")  # CI installs the test extras: a missing torch fails there
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.environ.get("GANINV_FIXTURES") or os.path.join(REPO, "..", "shared", "fixtures")
 TOL = 1e-4
 
 
@@ -45,13 +45,7 @@ TR = _load_torch_reference()
 
 
 def fixture_file(name: str) -> str:
-    path = os.path.join(FIXTURES, name)
-    if not os.path.isfile(path):
-        msg = f"parity fixture {name} not found in {FIXTURES} (set GANINV_FIXTURES)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return _ci.fixture_file(name)  # skip, or fail under CI=true
 
 
 def nchw(x) -> np.ndarray:
@@ -78,13 +72,15 @@ def random_g_variables(cfg, seed=0):
     """Init-shaped G variables filled with N(0, 1) in numpy (no compile; noise strengths != 0)."""
     rng = np.random.RandomState(seed)
     abstract = pretrained.abstract_variables(cfg, ["G_ema"])["G_ema"]
-    return jax.tree_util.tree_map(lambda x: rng.standard_normal(x.shape).astype(np.float32),
-                                  abstract)
+    return jax.tree_util.tree_map(
+        lambda x: rng.standard_normal(x.shape).astype(np.float32), abstract
+    )
 
 
 def random_ws(cfg, n=2, seed=1) -> np.ndarray:
-    return np.random.RandomState(seed).standard_normal((n, cfg.num_ws, cfg.w_dim)).astype(
-        np.float32)
+    return (
+        np.random.RandomState(seed).standard_normal((n, cfg.num_ws, cfg.w_dim)).astype(np.float32)
+    )
 
 
 # ----------------------------------------------------------------------------- (a) fixture
@@ -93,6 +89,7 @@ def random_ws(cfg, n=2, seed=1) -> np.ndarray:
 @pytest.fixture(scope="module")
 def rosinality_gan(tmp_path_factory):
     from weights_convert.cli import main
+
     src = fixture_file("rosinality_stylegan2_32.pt")
     out = tmp_path_factory.mktemp("torch_ref") / "rosinality"
     assert main(["--format", "rosinality", "--src", src, "--out", str(out), "--no-d"]) == 0
@@ -122,8 +119,9 @@ SYNTH_CONFIGS = {
     # NVlabs conventions; a small clamp so that the clamp actually cuts values.
     "16-skip-nvlabs-clamp": tiny(16, (16, 8, 8), conv_clamp=1.5),
     # rosinality's W / sqrt(fan_in) before demodulation; grayscale 'orig'.
-    "16-orig-faninscale-gray": tiny(16, (8, 16, 8), architecture="orig", img_channels=1,
-                                    fan_in_scale_modconv=True),
+    "16-orig-faninscale-gray": tiny(
+        16, (8, 16, 8), architecture="orig", img_channels=1, fan_in_scale_modconv=True
+    ),
     # resnet G (FIR-upsampled 1x1 skip, sqrt(0.5) gains) with fan_in scaling.
     "8-resnet-faninscale": tiny(8, (8, 8), architecture="resnet", fan_in_scale_modconv=True),
 }
@@ -147,7 +145,7 @@ def test_synthesis_matches_jax(name):
         err = max_err(got, ref)
         print(f"\n{name} noise={mode}: max abs {err:.1e} (|img| max {np.abs(ref).max():.1f})")
         assert err <= TOL, (name, mode, err)
-    if cfg.conv_clamp is not None:   # the clamp is exercised: without it the image differs
+    if cfg.conv_clamp is not None:  # the clamp is exercised: without it the image differs
         unclamped = TR.TorchSynthesis(dataclasses.replace(cfg, conv_clamp=None), variables)
         assert max_err(torch_synth(unclamped, ws, mode), got) > 100 * TOL
     # Parameters read back into the Flax layout bit-exactly.
@@ -167,13 +165,17 @@ def test_synthesis_gradients_match_jax():
     cfg = tiny(8, (8, 8), fan_in_scale_modconv=True)
     variables = random_g_variables(cfg)
     ws = random_ws(cfg)
-    probe = np.random.RandomState(2).standard_normal(
-        (2, cfg.resolution, cfg.resolution, cfg.img_channels)).astype(np.float32)
+    probe = (
+        np.random.RandomState(2)
+        .standard_normal((2, cfg.resolution, cfg.resolution, cfg.img_channels))
+        .astype(np.float32)
+    )
     G = S.Generator(cfg)
 
     def scalar(p):
         v = {"params": {**variables["params"], "synthesis": p}, "buffers": variables["buffers"]}
         return jnp.sum(G.apply(v, jnp.asarray(ws), method=G.synthesis) * probe)
+
     ref = jax.jit(jax.grad(scalar))(variables["params"]["synthesis"])
 
     g = TR.TorchSynthesis(cfg, variables)
@@ -207,7 +209,7 @@ def test_lpips_matches_jax(lpips_vgg, size):
     rng = np.random.RandomState(size)
     x = rng.uniform(-1, 1, (3, size, size, 3)).astype(np.float32)
     y = np.clip(x + 0.3 * rng.standard_normal(x.shape), -1, 1).astype(np.float32)
-    y[2] = rng.uniform(-1, 1, (size, size, 3))        # one unrelated pair
+    y[2] = rng.uniform(-1, 1, (size, size, 3))  # one unrelated pair
     ref = np.asarray(losses.lpips_apply(params, jnp.asarray(x), jnp.asarray(y), net="vgg"))
     tx, ty = torch.from_numpy(nchw(x)), torch.from_numpy(nchw(y))
     with torch.no_grad():
@@ -215,7 +217,9 @@ def test_lpips_matches_jax(lpips_vgg, size):
         split = lp.distance_to_features(tx, lp.features(ty)).numpy()
     rel = float(np.max(np.abs(joint - ref) / np.abs(ref)))
     rel_split = float(np.max(np.abs(split - joint) / np.abs(joint)))
-    print(f"\nLPIPS {size}x{size}: {ref} ; torch vs JAX rel {rel:.1e}, split vs joint {rel_split:.1e}")
+    print(
+        f"\nLPIPS {size}x{size}: {ref} ; torch vs JAX rel {rel:.1e}, split vs joint {rel_split:.1e}"
+    )
     assert joint.shape == (3,) and np.all(ref > 1e-2)
     np.testing.assert_allclose(joint, ref, rtol=1e-5, atol=0)
     np.testing.assert_allclose(split, joint, rtol=1e-5, atol=0)
@@ -230,13 +234,13 @@ def test_pti_loop_lowers_the_loss(lpips_vgg):
     cfg = tiny(16, (8, 8, 8))
     variables = random_g_variables(cfg, seed=3)
     rng = np.random.RandomState(4)
-    images = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)    # NHWC
+    images = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)  # NHWC
     ws = random_ws(cfg, n=2, seed=5)
     before = np.asarray(variables["params"]["synthesis"]["b16"]["conv1"]["weight"]).copy()
     threads = torch.get_num_threads()
 
     res = TR.pti_loop(cfg, variables, params, images, ws, steps=2, threads=1)
-    assert torch.get_num_threads() == threads                  # restored
+    assert torch.get_num_threads() == threads  # restored
     assert len(res["final_mse"]) == 2 and all(math.isfinite(v) for v in res["final_mse"])
     for i in range(2):
         assert res["losses"][i][1] < res["losses"][i][0], res["losses"]
@@ -244,12 +248,24 @@ def test_pti_loop_lowers_the_loss(lpips_vgg):
     assert res["seconds"] > 0 and math.isclose(res["img_steps_per_s"], 2 * 2 / res["seconds"])
     # The tuning worked on copies: the caller's variables are untouched.
     np.testing.assert_array_equal(
-        before, np.asarray(variables["params"]["synthesis"]["b16"]["conv1"]["weight"]))
+        before, np.asarray(variables["params"]["synthesis"]["b16"]["conv1"]["weight"])
+    )
 
-    mse_only = TR.pti_loop(cfg, variables, None, images[:1], ws[:1], steps=2, lpips_weight=0.0,
-                           threads=1, warmup_steps=0)
+    mse_only = TR.pti_loop(
+        cfg,
+        variables,
+        None,
+        images[:1],
+        ws[:1],
+        steps=2,
+        lpips_weight=0.0,
+        threads=1,
+        warmup_steps=0,
+    )
     assert mse_only["losses"][0][0] == pytest.approx(mse_only["initial_mse"][0], rel=1e-6)
     assert mse_only["final_mse"][0] < mse_only["initial_mse"][0]
-    print(f"\npti_loop: {res['img_steps_per_s']:.1f} img-steps/s with LPIPS, "
-          f"{mse_only['img_steps_per_s']:.1f} MSE only; mse {res['initial_mse']} -> "
-          f"{res['final_mse']}")
+    print(
+        f"\npti_loop: {res['img_steps_per_s']:.1f} img-steps/s with LPIPS, "
+        f"{mse_only['img_steps_per_s']:.1f} MSE only; mse {res['initial_mse']} -> "
+        f"{res['final_mse']}"
+    )

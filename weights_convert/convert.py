@@ -7,6 +7,7 @@ coverage rules live:
     with the taps the config implies, then count as used);
   * every target leaf of `jax.eval_shape(init)` is filled exactly once, with the same shape.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,8 @@ PARAMS_NAME = pretrained.PARAMS_NAME
 @dataclasses.dataclass
 class Converted:
     config: StyleGAN2Config
-    trees: dict[str, Any]          # 'G_ema' / 'G' / 'D' -> variables (nested dicts of numpy)
-    meta: dict[str, Any]           # everything config.json says besides the config
+    trees: dict[str, Any]  # 'G_ema' / 'G' / 'D' -> variables (nested dicts of numpy)
+    meta: dict[str, Any]  # everything config.json says besides the config
 
 
 # ----------------------------------------------------------------------------- coverage
@@ -44,10 +45,16 @@ def expected_fir(taps, gain: float) -> np.ndarray:
     return np.outer(t, t) * gain
 
 
-def apply_table(sd: Mapping[str, np.ndarray], table: tables.Table, abstract: Any, *,
-                source: str, net: str,
-                extras: Optional[Mapping[str, np.ndarray]] = None,
-                taps=L.DEFAULT_FIR) -> dict:
+def apply_table(
+    sd: Mapping[str, np.ndarray],
+    table: tables.Table,
+    abstract: Any,
+    *,
+    source: str,
+    net: str,
+    extras: Optional[Mapping[str, np.ndarray]] = None,
+    taps=L.DEFAULT_FIR,
+) -> dict:
     """Fill `abstract` (a variables tree of ShapeDtypeStructs) from `sd` per `table`."""
     where = f"{source} [{net}]"
     targets = {"/".join(k): v for k, v in flatten_dict(abstract).items()}
@@ -61,8 +68,10 @@ def apply_table(sd: Mapping[str, np.ndarray], table: tables.Table, abstract: Any
             raise CheckpointError(f"{where}: '{dst}' filled twice (second by '{label}')")
         want = tuple(targets[dst].shape)
         if tuple(value.shape) != want:
-            raise CheckpointError(f"{where}: tensor '{label}' gives shape {list(value.shape)} "
-                                  f"for '{dst}', expected {list(want)}")
+            raise CheckpointError(
+                f"{where}: tensor '{label}' gives shape {list(value.shape)} "
+                f"for '{dst}', expected {list(want)}"
+            )
         filled[dst] = np.asarray(value, dtype=targets[dst].dtype)
 
     for rule in table.rules:
@@ -82,19 +91,25 @@ def apply_table(sd: Mapping[str, np.ndarray], table: tables.Table, abstract: Any
         want = expected_fir(taps, gain)
         got = np.asarray(sd[key], np.float64)
         if got.shape != want.shape or not np.allclose(got, want, rtol=0, atol=1e-6):
-            raise CheckpointError(f"{where}: FIR kernel '{key}' is not the expected "
-                                  f"{list(taps)} filter with gain {gain}")
+            raise CheckpointError(
+                f"{where}: FIR kernel '{key}' is not the expected "
+                f"{list(taps)} filter with gain {gain}"
+            )
         used.add(key)
     for dst, value in (extras or {}).items():
         put(dst, value, dst)
     extra = sorted(set(sd) - used)
     if extra:
-        raise CheckpointError(f"{where}: unexpected tensor '{extra[0]}'"
-                              + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+        raise CheckpointError(
+            f"{where}: unexpected tensor '{extra[0]}'"
+            + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else "")
+        )
     unfilled = sorted(set(targets) - set(filled))
     if unfilled:
-        raise CheckpointError(f"{where}: no source tensor for '{unfilled[0]}'"
-                              + (f" (+{len(unfilled) - 1} more)" if len(unfilled) > 1 else ""))
+        raise CheckpointError(
+            f"{where}: no source tensor for '{unfilled[0]}'"
+            + (f" (+{len(unfilled) - 1} more)" if len(unfilled) > 1 else "")
+        )
     return unflatten_dict({tuple(k.split("/")): v for k, v in filled.items()})
 
 
@@ -168,8 +183,10 @@ def _networks(obj, src, fmt, raw_g: bool, with_d: bool, keys: dict[str, str]) ->
         if obj.get(keys[net]) is None:
             opt = "--raw-g" if net == "G" else "--no-d"
             hint = "drop --raw-g" if net == "G" else "pass --no-d"
-            raise CheckpointError(f"{src}: no '{keys[net]}' network in this {fmt} checkpoint "
-                                  f"({hint}; {opt} controls it)")
+            raise CheckpointError(
+                f"{src}: no '{keys[net]}' network in this {fmt} checkpoint "
+                f"({hint}; {opt} controls it)"
+            )
         picked[net] = obj[keys[net]]
     return picked
 
@@ -177,6 +194,7 @@ def _networks(obj, src, fmt, raw_g: bool, with_d: bool, keys: dict[str, str]) ->
 def _mean_w(cfg: StyleGAN2Config, variables: Any, n: int = 4096, seed: int = 0) -> np.ndarray:
     """rosinality's `mean_latent(n)`: the mean of the mapped w of n standard-normal z."""
     import jax
+
     gan = pretrained.PretrainedGAN.from_trees(cfg, {"G_ema": variables})
     z = jax.random.normal(jax.random.key(seed), (n, cfg.z_dim))
     return np.asarray(gan.mapping(z)[:, 0].mean(axis=0))
@@ -192,20 +210,23 @@ def _convert_rosinality(obj, src, raw_g, with_d) -> tuple[StyleGAN2Config, dict,
     trees, w_avg = {}, {}
     for net, sd in sds.items():
         if net == "D":
-            trees[net] = apply_table(sd, tables.rosinality_discriminator(cfg), abstract[net],
-                                     source=src, net=net)
+            trees[net] = apply_table(
+                sd, tables.rosinality_discriminator(cfg), abstract[net], source=src, net=net
+            )
             continue
         # rosinality G has no w_avg buffer: use the top-level latent_avg for G_ema (as
         # e4e/pSp do), otherwise the mean of 4096 mapped samples (rosinality's mean_latent).
         extras = {"buffers/mapping/w_avg": np.zeros((cfg.w_dim,), np.float32)}
-        tree = apply_table(sd, tables.rosinality_generator(cfg), abstract[net], source=src,
-                           net=net, extras=extras)
+        tree = apply_table(
+            sd, tables.rosinality_generator(cfg), abstract[net], source=src, net=net, extras=extras
+        )
         la = obj.get("latent_avg")
         if net == "G_ema" and la is not None:
             la = np.asarray(la, np.float32).reshape(-1)
             if la.shape != (cfg.w_dim,):
-                raise CheckpointError(f"{src}: tensor 'latent_avg' has shape {list(la.shape)}, "
-                                      f"expected [{cfg.w_dim}]")
+                raise CheckpointError(
+                    f"{src}: tensor 'latent_avg' has shape {list(la.shape)}, expected [{cfg.w_dim}]"
+                )
             tree["buffers"]["mapping"]["w_avg"] = la
             w_avg[net] = "latent_avg"
         else:
@@ -231,7 +252,7 @@ def _convert_nvlabs(obj, src, fmt, raw_g, with_d, conv_clamp) -> tuple[StyleGAN2
         sds = {"G_ema": _as_state_dict(obj, src)}
         kwargs = {}
     g_kwargs = kwargs.get("G_ema", {})
-    if conv_clamp is not None:   # state_dicts only (checked in convert): no kwargs to honour
+    if conv_clamp is not None:  # state_dicts only (checked in convert): no kwargs to honour
         g_kwargs = {"synthesis_kwargs": {"conv_clamp": None if conv_clamp < 0 else conv_clamp}}
     cfg, prov = infer.nvlabs_config(sds["G_ema"], sds.get("D"), src, g_kwargs, kwargs.get("D"))
     if conv_clamp is not None:
@@ -257,8 +278,14 @@ def _jsonable(x):
     return x if isinstance(x, (str, int, float, bool, type(None))) else repr(x)
 
 
-def convert(src: str, fmt: str, *, raw_g: bool = False, with_d: bool = True,
-            conv_clamp: Optional[float] = None) -> Converted:
+def convert(
+    src: str,
+    fmt: str,
+    *,
+    raw_g: bool = False,
+    with_d: bool = True,
+    conv_clamp: Optional[float] = None,
+) -> Converted:
     """Read `src` safely and convert it. `conv_clamp` (NVlabs only) overrides the clamp;
     a negative value means none."""
     if fmt not in FORMATS:
@@ -266,8 +293,10 @@ def convert(src: str, fmt: str, *, raw_g: bool = False, with_d: bool = True,
     if not os.path.isfile(src):
         raise CheckpointError(f"{src}: no such file")
     if conv_clamp is not None and fmt != "nvlabs-state-dict":
-        raise CheckpointError("--conv-clamp applies to --format nvlabs-state-dict only (other "
-                              "formats record their clamp)")
+        raise CheckpointError(
+            "--conv-clamp applies to --format nvlabs-state-dict only (other "
+            "formats record their clamp)"
+        )
     container, obj = safe_load.load(src)
     if fmt == "rosinality":
         cfg, trees, prov = _convert_rosinality(obj, src, raw_g, with_d)
@@ -277,8 +306,13 @@ def convert(src: str, fmt: str, *, raw_g: bool = False, with_d: bool = True,
         "format_version": 1,
         "architecture": "stylegan2",
         "networks": sorted(trees),
-        "source": {"format": fmt, "path": os.path.abspath(src), "sha256": sha256(src),
-                   "bytes": os.path.getsize(src), "container": container},
+        "source": {
+            "format": fmt,
+            "path": os.path.abspath(src),
+            "sha256": sha256(src),
+            "bytes": os.path.getsize(src),
+            "container": container,
+        },
         "provenance": prov,
     }
     return Converted(cfg, trees, meta)
@@ -296,6 +330,6 @@ def write_dir(out: str, converted: Converted) -> str:
             with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
                 json.dump(doc, f, indent=2, sort_keys=True)
                 f.write("\n")
-    except FileExistsError as e:   # `out` appeared while we wrote
+    except FileExistsError as e:  # `out` appeared while we wrote
         raise CheckpointError(str(e)) from None
     return out

@@ -12,6 +12,7 @@ Supported containers:
     pickles (storages pickle themselves with `_use_new_zipfile_serialization=False`);
   * plain pickles (NVlabs network snapshots).
 """
+
 from __future__ import annotations
 
 import collections
@@ -51,15 +52,29 @@ class StorageType:
 
 
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_, "UntypedStorage": np.uint8,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+    "UntypedStorage": np.uint8,
 }
 _TORCH_DTYPES = {
-    "float32": np.float32, "float64": np.float64, "float16": np.float16,
-    "bfloat16": ml_dtypes.bfloat16, "int64": np.int64, "int32": np.int32, "int16": np.int16,
-    "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+    "float32": np.float32,
+    "float64": np.float64,
+    "float16": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "bool": np.bool_,
 }
 
 
@@ -85,12 +100,14 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> np.ndarra
         return np.zeros(size, storage.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= storage.numel:
-        raise CheckpointError(f"tensor of size {size} reads past its storage "
-                              f"({last} >= {storage.numel} elements)")
+        raise CheckpointError(
+            f"tensor of size {size} reads past its storage ({last} >= {storage.numel} elements)"
+        )
     item = storage.dtype.itemsize
     # A view: legacy storages are filled in place after the pickle, so it must not copy yet.
-    return np.lib.stride_tricks.as_strided(storage.array[offset:], size,
-                                           tuple(s * item for s in stride), writeable=False)
+    return np.lib.stride_tricks.as_strided(
+        storage.array[offset:], size, tuple(s * item for s in stride), writeable=False
+    )
 
 
 def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, state=None):
@@ -177,7 +194,8 @@ class SafeUnpickler(pickle.Unpickler):
         except KeyError:
             raise UnsafeCheckpointError(
                 f"{self._source}: refusing to load global '{module}.{name}' (not on the "
-                f"allow-list; nothing was executed)") from None
+                f"allow-list; nothing was executed)"
+            ) from None
 
     def persistent_load(self, pid):
         if self._persistent is None:
@@ -190,10 +208,21 @@ def _unpickle(data: io.BytesIO, source: str, persistent_load=None) -> Any:
         return SafeUnpickler(data, source, persistent_load).load()
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, struct.error, MemoryError, OverflowError) as e:
-        raise CheckpointError(f"{source}: corrupt or truncated pickle "
-                              f"({type(e).__name__}: {e})") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        struct.error,
+        MemoryError,
+        OverflowError,
+    ) as e:
+        raise CheckpointError(
+            f"{source}: corrupt or truncated pickle ({type(e).__name__}: {e})"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- containers
@@ -203,8 +232,9 @@ def load_zip(zf: zipfile.ZipFile, source: str) -> Any:
     """torch zip format: `<prefix>/data.pkl` with storages in `<prefix>/data/<key>`."""
     pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pkls) != 1:
-        raise CheckpointError(f"{source}: zip file without a single '<prefix>/data.pkl' "
-                              "(not a torch checkpoint)")
+        raise CheckpointError(
+            f"{source}: zip file without a single '<prefix>/data.pkl' (not a torch checkpoint)"
+        )
     prefix = pkls[0][: -len("data.pkl")]
     names = set(zf.namelist())
     byteorder = "little"
@@ -222,13 +252,15 @@ def load_zip(zf: zipfile.ZipFile, source: str) -> Any:
             entry = f"{prefix}data/{key}"
             if entry not in names:
                 raise CheckpointError(f"{source}: missing storage '{entry}'")
-            raw = zf.read(entry)   # CRC-checked by zipfile
+            raw = zf.read(entry)  # CRC-checked by zipfile
             n = len(raw) // dtype.itemsize
             if n < int(numel):
-                raise CheckpointError(f"{source}: storage '{entry}' has {n} elements, "
-                                      f"expected {numel}")
-            arr = np.frombuffer(raw, dtype.newbyteorder("<" if byteorder == "little" else ">"),
-                                count=n)
+                raise CheckpointError(
+                    f"{source}: storage '{entry}' has {n} elements, expected {numel}"
+                )
+            arr = np.frombuffer(
+                raw, dtype.newbyteorder("<" if byteorder == "little" else ">"), count=n
+            )
             cache[key] = Storage(dtype, n, arr.astype(dtype))
         return cache[key]
 
@@ -262,10 +294,10 @@ def load_legacy(f: io.BytesIO, source: str) -> Any:
         root = roots[key]
         if view is None:
             return root
-        _view_key, offset, size = view   # very old torch: a view into a root storage
+        _view_key, offset, size = view  # very old torch: a view into a root storage
         if int(offset) + int(size) > root.numel:
             raise CheckpointError(f"{source}: storage view out of bounds")
-        return Storage(root.dtype, size, root.array[int(offset): int(offset) + int(size)])
+        return Storage(root.dtype, size, root.array[int(offset) : int(offset) + int(size)])
 
     obj = _unpickle(f, source, persistent_load)
     keys = _unpickle(f, source)
@@ -281,8 +313,9 @@ def load_legacy(f: io.BytesIO, source: str) -> Any:
         (numel,) = struct.unpack("<q", head)
         nbytes = numel * storage.dtype.itemsize
         if numel != storage.numel:
-            raise CheckpointError(f"{source}: storage {key} has {numel} elements, "
-                                  f"expected {storage.numel}")
+            raise CheckpointError(
+                f"{source}: storage {key} has {numel} elements, expected {storage.numel}"
+            )
         raw = f.read(nbytes)
         if len(raw) != nbytes:
             raise CheckpointError(f"{source}: truncated (storage {key} data)")
@@ -315,7 +348,7 @@ def detect_container(path: str) -> str:
         head = f.read(16)
     if head[:4] == b"PK\x03\x04":
         return "zip"
-    if head[:1] == b"\x80" and head[2:3] == b"\x8a":   # PROTO n, LONG1 (the magic number)
+    if head[:1] == b"\x80" and head[2:3] == b"\x8a":  # PROTO n, LONG1 (the magic number)
         return "legacy"
     if head[:1] == b"\x80":
         return "pickle"
@@ -336,8 +369,9 @@ def load(path: str) -> tuple[str, Any]:
             if kind == "pickle" and data.read(1):
                 raise CheckpointError(f"{path}: trailing data after the pickle")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated file "
-                              f"({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{path}: corrupt or truncated file ({type(e).__name__}: {e})"
+        ) from None
     return kind, _materialize(obj)
 
 

@@ -8,6 +8,7 @@ A table is a function of the (inferred) `StyleGAN2Config` that returns
 `convert.apply_table` enforces the coverage rules (every source key used exactly once,
 every target leaf filled exactly once, shapes equal to `jax.eval_shape(init)`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,7 @@ def _rank(n: int, fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarra
         if a.ndim != n:
             raise ValueError(f"expected a rank-{n} tensor, got shape {list(a.shape)}")
         return fn(a)
+
     return checked
 
 
@@ -31,6 +33,7 @@ def _leading_one(n: int, fn):
         if a.ndim != n or a.shape[0] != 1:
             raise ValueError(f"expected shape [1, ...] of rank {n}, got {list(a.shape)}")
         return fn(a[0])
+
     return checked
 
 
@@ -43,13 +46,13 @@ def _scalar(a: np.ndarray) -> np.ndarray:
 # torch layouts -> our JAX layouts (see ganinv_jax/models/layers.py for the conventions).
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "id": lambda a: a,
-    "dense": _rank(2, lambda a: a.T),                                   # [out,in] -> [in,out]
-    "conv": _rank(4, lambda a: a.transpose(2, 3, 1, 0)),                # OIHW -> HWIO
-    "modconv": _leading_one(5, lambda a: a.transpose(2, 3, 1, 0)),      # [1,O,I,k,k] -> HWIO
-    "const_chw": _rank(3, lambda a: a.transpose(1, 2, 0)),              # [C,4,4] -> [4,4,C]
-    "const_1chw": _leading_one(4, lambda a: a.transpose(1, 2, 0)),      # [1,C,4,4] -> [4,4,C]
-    "scalar": _scalar,                                                  # [1] or [] -> []
-    "bias_1c11": _leading_one(4, lambda a: a.reshape(-1)),              # [1,C,1,1] -> [C]
+    "dense": _rank(2, lambda a: a.T),  # [out,in] -> [in,out]
+    "conv": _rank(4, lambda a: a.transpose(2, 3, 1, 0)),  # OIHW -> HWIO
+    "modconv": _leading_one(5, lambda a: a.transpose(2, 3, 1, 0)),  # [1,O,I,k,k] -> HWIO
+    "const_chw": _rank(3, lambda a: a.transpose(1, 2, 0)),  # [C,4,4] -> [4,4,C]
+    "const_1chw": _leading_one(4, lambda a: a.transpose(1, 2, 0)),  # [1,C,4,4] -> [4,4,C]
+    "scalar": _scalar,  # [1] or [] -> []
+    "bias_1c11": _leading_one(4, lambda a: a.reshape(-1)),  # [1,C,1,1] -> [C]
     "noise_11rr": _leading_one(4, lambda a: _leading_one(3, lambda b: b)(a)),  # -> [r,r]
 }
 
@@ -64,7 +67,7 @@ class Rule:
 @dataclasses.dataclass
 class Table:
     rules: list[Rule]
-    fir: dict[str, float]       # FIR kernel buffer key -> expected gain
+    fir: dict[str, float]  # FIR kernel buffer key -> expected gain
 
 
 def _dense(src: str, dst: str, bias: bool = True) -> list[Rule]:
@@ -87,21 +90,26 @@ def _noise_dst(name: str) -> str:
 
 def rosinality_generator(cfg: StyleGAN2Config) -> Table:
     from ganinv_jax.models.stylegan2 import noise_layer_names
+
     rules = []
-    for i in range(cfg.mapping_layers):          # style.0 is PixelNorm (no params)
+    for i in range(cfg.mapping_layers):  # style.0 is PixelNorm (no params)
         rules += _dense(f"style.{i + 1}", f"params/mapping/fc{i}")
     rules.append(Rule("input.input", "params/synthesis/b4/const", "const_1chw"))
 
     def styled_conv(src: str, dst: str) -> list[Rule]:
-        return [Rule(f"{src}.conv.weight", f"{dst}/weight", "modconv"),
-                *_dense(f"{src}.conv.modulation", f"{dst}/affine"),
-                Rule(f"{src}.noise.weight", f"{dst}/noise_strength", "scalar"),
-                Rule(f"{src}.activate.bias", f"{dst}/bias")]
+        return [
+            Rule(f"{src}.conv.weight", f"{dst}/weight", "modconv"),
+            *_dense(f"{src}.conv.modulation", f"{dst}/affine"),
+            Rule(f"{src}.noise.weight", f"{dst}/noise_strength", "scalar"),
+            Rule(f"{src}.activate.bias", f"{dst}/bias"),
+        ]
 
     def to_rgb(src: str, dst: str) -> list[Rule]:
-        return [Rule(f"{src}.conv.weight", f"{dst}/weight", "modconv"),
-                *_dense(f"{src}.conv.modulation", f"{dst}/affine"),
-                Rule(f"{src}.bias", f"{dst}/bias", "bias_1c11")]
+        return [
+            Rule(f"{src}.conv.weight", f"{dst}/weight", "modconv"),
+            *_dense(f"{src}.conv.modulation", f"{dst}/affine"),
+            Rule(f"{src}.bias", f"{dst}/bias", "bias_1c11"),
+        ]
 
     syn = "params/synthesis"
     rules += styled_conv("conv1", f"{syn}/b4/conv1") + to_rgb("to_rgb1", f"{syn}/b4/torgb")
@@ -155,15 +163,19 @@ def nvlabs_generator(cfg: StyleGAN2Config) -> Table:
         if r == 4:
             rules.append(Rule(f"{src}.const", f"{dst}/const", "const_chw"))
         for c in convs:
-            rules += [Rule(f"{src}.{c}.weight", f"{dst}/{c}/weight", "conv"),
-                      Rule(f"{src}.{c}.bias", f"{dst}/{c}/bias"),
-                      Rule(f"{src}.{c}.noise_strength", f"{dst}/{c}/noise_strength", "scalar"),
-                      Rule(f"{src}.{c}.noise_const", _noise_dst(f"b{r}.{c}")),
-                      *_dense(f"{src}.{c}.affine", f"{dst}/{c}/affine")]
+            rules += [
+                Rule(f"{src}.{c}.weight", f"{dst}/{c}/weight", "conv"),
+                Rule(f"{src}.{c}.bias", f"{dst}/{c}/bias"),
+                Rule(f"{src}.{c}.noise_strength", f"{dst}/{c}/noise_strength", "scalar"),
+                Rule(f"{src}.{c}.noise_const", _noise_dst(f"b{r}.{c}")),
+                *_dense(f"{src}.{c}.affine", f"{dst}/{c}/affine"),
+            ]
             fir[f"{src}.{c}.resample_filter"] = 1.0
         if r == cfg.resolution or cfg.architecture == "skip":
-            rules += [*_conv(f"{src}.torgb.weight", f"{dst}/torgb", f"{src}.torgb.bias"),
-                      *_dense(f"{src}.torgb.affine", f"{dst}/torgb/affine")]
+            rules += [
+                *_conv(f"{src}.torgb.weight", f"{dst}/torgb", f"{src}.torgb.bias"),
+                *_dense(f"{src}.torgb.affine", f"{dst}/torgb/affine"),
+            ]
         if r > 4 and cfg.architecture == "resnet":
             rules += _conv(f"{src}.skip.weight", f"{dst}/skip")
             fir[f"{src}.skip.resample_filter"] = 1.0

@@ -3,13 +3,40 @@
     from ganinv_jax import inversion as inv
     frozen = inv.make_frozen(g_cfg, g_vars, d_vars=d_vars, lpips='vgg')
     out = inv.invert_batch(inv.METHODS['gmm'], frozen, images, ids, init_latents, cfg, seed=0)
+
+`METHODS` is the one registry of method names: the invert job, the configs and the benchmarks
+all read it; `register` adds a method of one's own (tests use it for toy methods).
 """
-from ganinv_jax.inversion import clone, gmm, latent_opt, pti
+
+from ganinv_jax.inversion import clone, gmm, init_latents, latent_opt, pti
 from ganinv_jax.inversion.base import Frozen, Method, make_frozen
 from ganinv_jax.inversion.engine import auto_strategy, invert_batch
-from ganinv_jax.inversion import init_latents
 
-METHODS = {m.name: m for m in (latent_opt.METHOD, pti.METHOD, clone.METHOD, gmm.METHOD)}
+BUILTIN_NAMES = tuple(m.name for m in (latent_opt.METHOD, pti.METHOD, clone.METHOD, gmm.METHOD))
+METHODS: dict[str, Method] = {
+    m.name: m for m in (latent_opt.METHOD, pti.METHOD, clone.METHOD, gmm.METHOD)
+}
 
-__all__ = ["Frozen", "Method", "make_frozen", "invert_batch", "auto_strategy", "METHODS",
-           "latent_opt", "pti", "clone", "gmm", "init_latents"]
+
+def register(method: Method) -> None:
+    """Make `method` selectable by its name (`config.method`); a built-in name is refused."""
+    if method.name in BUILTIN_NAMES:
+        raise ValueError(f"{method.name!r} is a built-in method name")
+    METHODS[method.name] = method
+
+
+__all__ = [
+    "Frozen",
+    "Method",
+    "make_frozen",
+    "invert_batch",
+    "auto_strategy",
+    "METHODS",
+    "BUILTIN_NAMES",
+    "register",
+    "latent_opt",
+    "pti",
+    "clone",
+    "gmm",
+    "init_latents",
+]

@@ -14,6 +14,7 @@ iteration counts, and shards the image axis over devices. `Frozen` holds what ev
 the base generator (and D for Clone), the LPIPS weights, an optional real-image batch and W
 statistics. It is broadcast (`in_axes=None` / replicated over the mesh), never stacked per image.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional
@@ -34,13 +35,14 @@ PyTree = Any
 
 class Method(NamedTuple):
     """A per-image inversion method: pure functions plus its default config."""
+
     name: str
     init: Callable[..., PyTree]
     step: Callable[..., tuple[PyTree, dict]]
     result: Callable[..., dict]
     default_config: Callable[[], ml_collections.ConfigDict]
     converged: Callable[[dict, ml_collections.ConfigDict], Array]
-    tunes_weights: bool = True      # per-image generator weights (drives the 'auto' strategy)
+    tunes_weights: bool = True  # per-image generator weights (drives the 'auto' strategy)
 
 
 @flax.struct.dataclass
@@ -56,6 +58,7 @@ class Frozen:
     g_cfg: the StyleGAN2Config (static). lpips_net: 'vgg' | 'alex' (static).
     id_loss: optional feature loss (x, y, NHWC batches) -> [N] for GMM's identity term (static).
     """
+
     g: PyTree
     w_avg: Array
     w_std: Array
@@ -67,8 +70,9 @@ class Frozen:
     id_loss: Optional[Callable] = flax.struct.field(pytree_node=False, default=None)
 
 
-def w_statistics(g_cfg: sg2.StyleGAN2Config, g_vars: PyTree, n: int = 10000,
-                 seed: int = 123) -> tuple[Array, Array]:
+def w_statistics(
+    g_cfg: sg2.StyleGAN2Config, g_vars: PyTree, n: int = 10000, seed: int = 123
+) -> tuple[Array, Array]:
     """(w_avg [w_dim], w_std scalar) from `n` samples of the mapping network, as the StyleGAN2
     projector computes them (w_std = sqrt(sum |w - w_avg|^2 / n))."""
     gen = sg2.Generator(g_cfg)
@@ -79,9 +83,17 @@ def w_statistics(g_cfg: sg2.StyleGAN2Config, g_vars: PyTree, n: int = 10000,
     return w_avg, w_std
 
 
-def make_frozen(g_cfg: sg2.StyleGAN2Config, g_vars: PyTree, *, d_vars: Optional[PyTree] = None,
-                lpips: Any = "vgg", reals: Optional[Array] = None, id_loss=None,
-                w_stats_samples: int = 10000, lpips_net: Optional[str] = None) -> Frozen:
+def make_frozen(
+    g_cfg: sg2.StyleGAN2Config,
+    g_vars: PyTree,
+    *,
+    d_vars: Optional[PyTree] = None,
+    lpips: Any = "vgg",
+    reals: Optional[Array] = None,
+    id_loss=None,
+    w_stats_samples: int = 10000,
+    lpips_net: Optional[str] = None,
+) -> Frozen:
     """Builds the frozen inputs. `lpips`: 'vgg' | 'alex' (load the real weights), a params pytree
     (of net `lpips_net`, default 'vgg'), or None (no LPIPS: methods must then use
     perceptual='none' or 'pooled_l2')."""
@@ -90,17 +102,31 @@ def make_frozen(g_cfg: sg2.StyleGAN2Config, g_vars: PyTree, *, d_vars: Optional[
         net = lpips
         lpips = losses.load_lpips_params(net)
     w_avg, w_std = w_statistics(g_cfg, g_vars, w_stats_samples)
-    return Frozen(g=g_vars, w_avg=w_avg, w_std=w_std, g_cfg=g_cfg, d=d_vars, lpips=lpips,
-                  reals=None if reals is None else jnp.asarray(reals, jnp.float32),
-                  lpips_net=net, id_loss=id_loss)
+    return Frozen(
+        g=g_vars,
+        w_avg=w_avg,
+        w_std=w_std,
+        g_cfg=g_cfg,
+        d=d_vars,
+        lpips=lpips,
+        reals=None if reals is None else jnp.asarray(reals, jnp.float32),
+        lpips_net=net,
+        id_loss=id_loss,
+    )
 
 
 # ----------------------------------------------------------------------------- G / D helpers
 
 
-def synthesize(frozen: Frozen, ws: Array, params: Optional[PyTree] = None, *,
-               noise_mode: str = "const", noise: Optional[dict] = None,
-               rng: Optional[Array] = None) -> Array:
+def synthesize(
+    frozen: Frozen,
+    ws: Array,
+    params: Optional[PyTree] = None,
+    *,
+    noise_mode: str = "const",
+    noise: Optional[dict] = None,
+    rng: Optional[Array] = None,
+) -> Array:
     """ws [N,num_ws,w_dim] -> images [N,H,W,C] with G params `params` (default: the frozen ones).
 
     `params` may be the full G param tree or only its 'synthesis' subtree."""
@@ -109,8 +135,14 @@ def synthesize(frozen: Frozen, ws: Array, params: Optional[PyTree] = None, *,
         p = {**frozen.g["params"], "synthesis": p}
     gen = sg2.Generator(frozen.g_cfg)
     rngs = {"noise": rng} if rng is not None else None
-    return gen.apply({"params": p, "buffers": frozen.g["buffers"]}, ws, noise_mode, noise,
-                     method=gen.synthesis, rngs=rngs)
+    return gen.apply(
+        {"params": p, "buffers": frozen.g["buffers"]},
+        ws,
+        noise_mode,
+        noise,
+        method=gen.synthesis,
+        rngs=rngs,
+    )
 
 
 def mapping(frozen: Frozen, z: Array, params: Optional[PyTree] = None) -> Array:
@@ -153,14 +185,16 @@ _PERCEPTUAL_KINDS = ("lpips", "pooled_l2", "none")
 
 def _check_perceptual(frozen: Frozen, kind: str) -> None:
     if kind not in _PERCEPTUAL_KINDS:
-        raise ValueError(f"unknown perceptual loss {kind!r}: expected 'lpips', 'pooled_l2' or 'none'")
+        raise ValueError(
+            f"unknown perceptual loss {kind!r}: expected 'lpips', 'pooled_l2' or 'none'"
+        )
     if kind == "lpips" and frozen.lpips is None:
         raise ValueError("perceptual='lpips' but frozen.lpips is None (make_frozen(lpips='vgg'))")
 
 
 def _lpips_features(frozen: Frozen, x: Array) -> tuple[Array, ...]:
     x = to_rgb(x)
-    if x.shape[1] < 16:     # VGG's minimum size: nearest-neighbour upsampling
+    if x.shape[1] < 16:  # VGG's minimum size: nearest-neighbour upsampling
         f = -(-16 // x.shape[1])
         x = jnp.repeat(jnp.repeat(x, f, 1), f, 2)
     return losses.lpips_features(frozen.lpips, x, net=frozen.lpips_net)
@@ -184,8 +218,10 @@ def perceptual_to_target(frozen: Frozen, x: Array, target: PyTree, kind: str) ->
     if kind == "lpips":
         return losses.lpips_from_features(frozen.lpips, _lpips_features(frozen, x), target)
     if kind == "pooled_l2":
-        return 0.5 * (loss_common.mse(loss_common.avg_pool(x, 2), target[0])
-                      + loss_common.mse(loss_common.avg_pool(x, 4), target[1]))
+        return 0.5 * (
+            loss_common.mse(loss_common.avg_pool(x, 2), target[0])
+            + loss_common.mse(loss_common.avg_pool(x, 4), target[1])
+        )
     return jnp.zeros((x.shape[0],), jnp.float32)
 
 
@@ -206,8 +242,9 @@ def cache_target(frozen: Frozen, target: Array, kind: str, enabled: bool) -> Opt
     return perceptual_target(frozen, target, kind) if enabled else None
 
 
-def perceptual_to_image(frozen: Frozen, x: Array, target: Array, cached: Optional[PyTree],
-                        kind: str) -> Array:
+def perceptual_to_image(
+    frozen: Frozen, x: Array, target: Array, cached: Optional[PyTree], kind: str
+) -> Array:
     """`perceptual(frozen, x, target, kind)`, reusing `cached` (from `cache_target`) if given."""
     if cached is None:
         cached = perceptual_target(frozen, target, kind)
@@ -227,12 +264,6 @@ def tree_where(pred: Array, a: PyTree, b: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda u, v: jnp.where(pred, u, v), a, b)
 
 
-def tree_all_finite(tree: PyTree) -> Array:
-    leaves = [jnp.all(jnp.isfinite(l)) for l in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
 def tree_sub(a: PyTree, b: PyTree) -> PyTree:
     return jax.tree_util.tree_map(jnp.subtract, a, b)
 
@@ -249,8 +280,9 @@ def check_latent(latent: Array, g_cfg: sg2.StyleGAN2Config) -> Array:
     if latent.shape == (g_cfg.w_dim,):
         latent = jnp.broadcast_to(latent, (g_cfg.num_ws, g_cfg.w_dim))
     if latent.shape != (g_cfg.num_ws, g_cfg.w_dim):
-        raise ValueError(f"latent must be [{g_cfg.w_dim}] or [{g_cfg.num_ws}, {g_cfg.w_dim}], "
-                         f"got {latent.shape}")
+        raise ValueError(
+            f"latent must be [{g_cfg.w_dim}] or [{g_cfg.num_ws}, {g_cfg.w_dim}], got {latent.shape}"
+        )
     return latent
 
 

@@ -33,6 +33,7 @@ Our choices (the paper is silent or defers to its supplement):
     random noise, the reconstruction uses constant noise. `tuned` in the result is the delta of G's
     params against the frozen base (the tuned D is kept in the state only).
 """
+
 from __future__ import annotations
 
 import jax
@@ -47,14 +48,14 @@ from ganinv_jax.losses import pyramid
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.num_steps = 1000              # cap (paper: T = 100k)
-    c.p = 0.25                      # probability of a local step (faces; 1/8 cars, 1/32 AFHQ)
-    c.lam = 10.0                    # λ (20 for horses)
-    c.eps = 1e-3                    # stop when L_recon < eps
+    c.num_steps = 1000  # cap (paper: T = 100k)
+    c.p = 0.25  # probability of a local step (faces; 1/8 cars, 1/32 AFHQ)
+    c.lam = 10.0  # λ (20 for horses)
+    c.eps = 1e-3  # stop when L_recon < eps
     c.pyramid_levels = 5
-    c.g_adv_local = "minimax"       # 'minimax' (paper's log(1 - D)) | 'nonsaturating'
+    c.g_adv_local = "minimax"  # 'minimax' (paper's log(1 - D)) | 'nonsaturating'
     c.global_batch = 3
-    c.global_weight = 1.0           # 0 switches L_global (and D's R1) off: an ablation, not the paper
+    c.global_weight = 1.0  # 0 switches L_global (and D's R1) off: an ablation, not the paper
     c.lr = 0.002
     c.betas = (0.0, 0.99)
     c.r1_gamma = 10.0
@@ -64,8 +65,10 @@ def default_config() -> ml_collections.ConfigDict:
 
 def _txs(cfg):
     d_lr, d_betas = gan_losses.lazy_adam_hparams(cfg.lr, tuple(cfg.betas), cfg.r1_interval)
-    return (optax.adam(cfg.lr, b1=cfg.betas[0], b2=cfg.betas[1], eps=1e-8),
-            optax.adam(d_lr, b1=d_betas[0], b2=d_betas[1], eps=1e-8))
+    return (
+        optax.adam(cfg.lr, b1=cfg.betas[0], b2=cfg.betas[1], eps=1e-8),
+        optax.adam(d_lr, b1=d_betas[0], b2=d_betas[1], eps=1e-8),
+    )
 
 
 def init(key, image, frozen: base.Frozen, init_latent, cfg):
@@ -73,9 +76,16 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
         raise ValueError("clone needs the discriminator: make_frozen(..., d_vars=D variables)")
     tx_g, tx_d = _txs(cfg)
     g, d = frozen.g["params"], frozen.d["params"]
-    return dict(t=jnp.asarray(0, jnp.int32), key=key, image=image,
-                ws=base.check_latent(init_latent, frozen.g_cfg), g=g, d=d,
-                g_opt=tx_g.init(g), d_opt=tx_d.init(d))
+    return dict(
+        t=jnp.asarray(0, jnp.int32),
+        key=key,
+        image=image,
+        ws=base.check_latent(init_latent, frozen.g_cfg),
+        g=g,
+        d=d,
+        g_opt=tx_g.init(g),
+        d_opt=tx_d.init(d),
+    )
 
 
 def local_indicator(key, p: float):
@@ -89,13 +99,14 @@ def sample_reals(frozen: base.Frozen, key, n: int):
         idx = jax.random.randint(key, (n,), 0, frozen.reals.shape[0])
         return frozen.reals[idx]
     kz, kn = jax.random.split(key)
-    return jax.lax.stop_gradient(base.synthesize(
-        frozen, base.random_ws(frozen, kz, n), noise_mode="random", rng=kn))
+    return jax.lax.stop_gradient(
+        base.synthesize(frozen, base.random_ws(frozen, kz, n), noise_mode="random", rng=kn)
+    )
 
 
 def g_local_adv(fake_logit, kind: str):
     if kind == "minimax":
-        return -jax.nn.softplus(fake_logit)           # log(1 - sigmoid(l))
+        return -jax.nn.softplus(fake_logit)  # log(1 - sigmoid(l))
     if kind == "nonsaturating":
         return jax.nn.softplus(-fake_logit)
     raise ValueError(f"clone: g_adv_local must be 'minimax' or 'nonsaturating', got {kind!r}")
@@ -104,15 +115,22 @@ def g_local_adv(fake_logit, kind: str):
 def g_loss(g_params, d_params, frozen, ws, image, local, z, noise_key, cfg):
     """G's side of L = 1_p[L_recon + λ L_adv_local] + L_global. Returns (loss, aux)."""
     x_star = base.synthesize(frozen, ws[None], g_params)
-    fakes = base.synthesize(frozen, base.mapping(frozen, z, g_params), g_params,
-                            noise_mode="random", rng=noise_key)
+    fakes = base.synthesize(
+        frozen, base.mapping(frozen, z, g_params), g_params, noise_mode="random", rng=noise_key
+    )
     logits = base.discriminate(frozen, jnp.concatenate([x_star, fakes]), d_params)
     recon = pyramid.laplacian_pyramid_l1(image[None], x_star, cfg.pyramid_levels)[0]
     local_loss = recon + cfg.lam * g_local_adv(logits[0], cfg.g_adv_local)
     global_loss = jnp.mean(gan_losses.g_nonsaturating_loss(logits[1:]))
     loss = jnp.where(local, local_loss, 0.0) + cfg.global_weight * global_loss
-    return loss, dict(x_star=x_star, fakes=fakes, recon=recon, g_global=global_loss,
-                      g_local=local_loss, logit_query=logits[0])
+    return loss, dict(
+        x_star=x_star,
+        fakes=fakes,
+        recon=recon,
+        g_global=global_loss,
+        g_local=local_loss,
+        logit_query=logits[0],
+    )
 
 
 def d_loss(d_params, frozen, image, x_star, fakes, reals, local, t, cfg):
@@ -122,17 +140,20 @@ def d_loss(d_params, frozen, image, x_star, fakes, reals, local, t, cfg):
     real_logits = d_fn(real_batch)
     fake_logits = d_fn(jax.lax.stop_gradient(jnp.concatenate([x_star, fakes])))
     local_loss = cfg.lam * gan_losses.d_logistic_loss(real_logits[0], fake_logits[0])
-    global_loss = jnp.mean(jax.nn.softplus(fake_logits[1:])) + \
-        jnp.mean(jax.nn.softplus(-real_logits[1:]))
+    global_loss = jnp.mean(jax.nn.softplus(fake_logits[1:])) + jnp.mean(
+        jax.nn.softplus(-real_logits[1:])
+    )
     r1 = jnp.zeros((), jnp.float32)
     if cfg.r1_gamma > 0:
-        r1 = jax.lax.cond(gan_losses.lazy_reg_active(t, cfg.r1_interval),
-                          lambda x: jnp.mean(gan_losses.r1_penalty(d_fn, x)),
-                          lambda x: jnp.zeros((), jnp.float32), real_batch)
+        r1 = jax.lax.cond(
+            gan_losses.lazy_reg_active(t, cfg.r1_interval),
+            lambda x: jnp.mean(gan_losses.r1_penalty(d_fn, x)),
+            lambda x: jnp.zeros((), jnp.float32),
+            real_batch,
+        )
     r1_term = gan_losses.lazy_reg_gain(cfg.r1_interval) * cfg.r1_gamma / 2.0 * r1
     loss = jnp.where(local, local_loss, 0.0) + cfg.global_weight * (global_loss + r1_term)
-    return loss, dict(d_global=global_loss, d_local=local_loss, r1=r1,
-                      logit_target=real_logits[0])
+    return loss, dict(d_global=global_loss, d_local=local_loss, r1=r1, logit_target=real_logits[0])
 
 
 def step(state, frozen: base.Frozen, cfg):
@@ -143,31 +164,56 @@ def step(state, frozen: base.Frozen, cfg):
     tx_g, tx_d = _txs(cfg)
 
     (gl, gaux), g_grads = jax.value_and_grad(g_loss, has_aux=True)(
-        state["g"], state["d"], frozen, state["ws"], state["image"], local, z, kn, cfg)
+        state["g"], state["d"], frozen, state["ws"], state["image"], local, z, kn, cfg
+    )
     (dl, daux), d_grads = jax.value_and_grad(d_loss, has_aux=True)(
-        state["d"], frozen, state["image"], gaux["x_star"], gaux["fakes"], reals, local,
-        state["t"], cfg)
+        state["d"],
+        frozen,
+        state["image"],
+        gaux["x_star"],
+        gaux["fakes"],
+        reals,
+        local,
+        state["t"],
+        cfg,
+    )
     g_up, g_opt = tx_g.update(g_grads, state["g_opt"], state["g"])
     d_up, d_opt = tx_d.update(d_grads, state["d_opt"], state["d"])
-    new = dict(state, t=state["t"] + 1, key=key, g=optax.apply_updates(state["g"], g_up),
-               d=optax.apply_updates(state["d"], d_up), g_opt=g_opt, d_opt=d_opt)
+    new = dict(
+        state,
+        t=state["t"] + 1,
+        key=key,
+        g=optax.apply_updates(state["g"], g_up),
+        d=optax.apply_updates(state["d"], d_up),
+        g_opt=g_opt,
+        d_opt=d_opt,
+    )
     mse = base.mse1(gaux["x_star"][0], state["image"])
     # Diagnostics (curves in benchmarks/sweep_method.py): D's logits on the reconstruction
     # G(w) and on the target x, and how far G's synthesis weights moved from the base (relative
     # L2 over all synthesis params).
-    metrics = dict(loss=gl, recon=gaux["recon"], mse=mse, local=local.astype(jnp.float32),
-                   g_global=gaux["g_global"], g_local=gaux["g_local"], d_loss=dl,
-                   d_global=daux["d_global"], r1=daux["r1"], logit_query=gaux["logit_query"],
-                   logit_target=daux["logit_target"],
-                   drift=base.relative_change(new["g"]["synthesis"],
-                                              frozen.g["params"]["synthesis"]))
+    metrics = dict(
+        loss=gl,
+        recon=gaux["recon"],
+        mse=mse,
+        local=local.astype(jnp.float32),
+        g_global=gaux["g_global"],
+        g_local=gaux["g_local"],
+        d_loss=dl,
+        d_global=daux["d_global"],
+        r1=daux["r1"],
+        logit_query=gaux["logit_query"],
+        logit_target=daux["logit_target"],
+        drift=base.relative_change(new["g"]["synthesis"], frozen.g["params"]["synthesis"]),
+    )
     return new, metrics
 
 
 def result(state, frozen: base.Frozen, cfg):
     recon = base.synthesize(frozen, state["ws"][None], state["g"])[0]
-    return dict(latent=state["ws"], recon=recon,
-                tuned=base.tree_sub(state["g"], frozen.g["params"]))
+    return dict(
+        latent=state["ws"], recon=recon, tuned=base.tree_sub(state["g"], frozen.g["params"])
+    )
 
 
 def converged(metrics, cfg):

@@ -7,8 +7,10 @@ What it guarantees:
     depend on its batch, its position, the device count or the batching strategy (up to float
     reassociation: allclose, not bitwise, across strategies).
   * K = `steps_per_call` method steps per compiled call (`lax.scan`); the host only checks, between
-    calls, whether every image has stopped. One compile per (method, cfg, strategy, K, mesh, shapes).
-  * Per-image masks: an image whose `method.converged(metrics)` became true, or whose step produced a
+    calls, whether every image has stopped. One compile per (method, cfg, strategy, K, mesh,
+    shapes).
+  * Per-image masks: an image whose `method.converged(metrics)` became true, or whose step
+    produced a
     non-finite value (NaN/Inf: `failed`; the bad step is discarded), stops changing exactly (its
     state is selected unchanged: a `lax.cond` per image under 'map', a select under vmap)
     while the others go on. `iterations[i]` counts the steps image i actually took.
@@ -36,10 +38,10 @@ Result keys (numpy arrays, leading axis B in input order):
                                   its last value), with history_steps [C] = steps done per call
   + method-specific extras (e.g. 'noise' for latent_opt with noise optimization).
 """
+
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Optional, Sequence
 
 import jax
@@ -47,13 +49,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax import lax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
+from ganinv_jax import sharding as shd
 from ganinv_jax.inversion import base
+from ganinv_jax.losses import common as losses_common
 from ganinv_jax.ops import conv as conv_ops
 
 STRATEGIES = ("vmap", "map", "chunked")
-AXIS = "data"
+AXIS = shd.DATA_AXIS
 
 
 def auto_strategy(method: base.Method, backend: Optional[str] = None) -> str:
@@ -74,12 +78,6 @@ def auto_strategy(method: base.Method, backend: Optional[str] = None) -> str:
     return "vmap"
 
 
-def make_mesh(devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:
-    devices = list(devices) if devices is not None else jax.devices()
-    return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Explicit,),
-                         devices=devices)
-
-
 def _batched(fn, strategy: str, chunk_size: int):
     """fn(*per_image_args, frozen) -> g(frozen, *stacked_args) under the strategy.
 
@@ -95,6 +93,7 @@ def _batched(fn, strategy: str, chunk_size: int):
         if strategy == "map":
             return lax.map(lambda a: f(*a), xs)
         return lax.map(lambda a: f(*a), xs, batch_size=chunk_size)
+
     return apply
 
 
@@ -106,9 +105,14 @@ def _metric_zeros(method, state, frozen, cfg):
 def _per_image_init(method, cfg):
     def init_one(key, image, latent, active, frozen):
         state = method.init(key, image, frozen, latent, cfg)
-        return dict(state=state, done=~active, failed=jnp.asarray(False),
-                    iters=jnp.asarray(0, jnp.int32),
-                    metrics=_metric_zeros(method, state, frozen, cfg))
+        return dict(
+            state=state,
+            done=~active,
+            failed=jnp.asarray(False),
+            iters=jnp.asarray(0, jnp.int32),
+            metrics=_metric_zeros(method, state, frozen, cfg),
+        )
+
     return init_one
 
 
@@ -119,24 +123,32 @@ def _per_image_run(method, cfg, k: int, skip_inactive: bool):
     weights would be broadcast to [B, ...] and every shared-weight GEMM would become a batched
     one (measured: 23 ms per image-step of broadcasts in the PTI step). So under vmap the step
     runs for every image and a select keeps the stopped ones unchanged: same results."""
+
     def step_one(c, frozen, active):
         """One step; an inactive image or a non-finite step keeps its state (one select)."""
         state, metrics = method.step(c["state"], frozen, cfg)
         metrics = jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
         # Leaves the step passed through untouched (the target, its cached LPIPS features) are
         # the same traced values: checking and selecting them every step is pure memory traffic.
-        changed = [n for n, o in zip(jax.tree_util.tree_leaves(state),
-                                     jax.tree_util.tree_leaves(c["state"])) if n is not o]
-        ok = base.tree_all_finite(metrics) & base.tree_all_finite(changed)
+        changed = [
+            n
+            for n, o in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(c["state"]))
+            if n is not o
+        ]
+        ok = losses_common.tree_all_finite(metrics) & losses_common.tree_all_finite(changed)
         keep = ok & active
-        state = jax.tree_util.tree_map(lambda n, o: o if n is o else jnp.where(keep, n, o),
-                                       state, c["state"])
-        return dict(state=state,
-                    done=jnp.where(active, ok & jnp.asarray(method.converged(metrics, cfg), bool),
-                                   c["done"]),
-                    failed=jnp.where(active, ~ok, c["failed"]),
-                    iters=c["iters"] + keep.astype(jnp.int32),
-                    metrics=base.tree_where(active, metrics, c["metrics"]))
+        state = jax.tree_util.tree_map(
+            lambda n, o: o if n is o else jnp.where(keep, n, o), state, c["state"]
+        )
+        return dict(
+            state=state,
+            done=jnp.where(
+                active, ok & jnp.asarray(method.converged(metrics, cfg), bool), c["done"]
+            ),
+            failed=jnp.where(active, ~ok, c["failed"]),
+            iters=c["iters"] + keep.astype(jnp.int32),
+            metrics=base.tree_where(active, metrics, c["metrics"]),
+        )
 
     def run_one(c, n_allowed, frozen):
         def body(c, i):
@@ -144,35 +156,49 @@ def _per_image_run(method, cfg, k: int, skip_inactive: bool):
             if skip_inactive:
                 return lax.cond(active, lambda c: step_one(c, frozen, True), lambda c: c, c), None
             return step_one(c, frozen, active), None
+
         return lax.scan(body, c, jnp.arange(k))[0]
+
     return run_one
 
 
 def _per_image_result(method, cfg):
     def result_one(c, frozen):
         return method.result(c["state"], frozen, cfg)
+
     return result_one
 
 
 def _freeze_cfg(cfg):
-    return cfg if isinstance(cfg, ml_collections.FrozenConfigDict) else \
-        ml_collections.FrozenConfigDict(cfg)
+    return (
+        cfg
+        if isinstance(cfg, ml_collections.FrozenConfigDict)
+        else ml_collections.FrozenConfigDict(cfg)
+    )
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(method: base.Method, cfg, strategy: str, chunk_size: int, k: int,
-              mesh: jax.sharding.Mesh, compiler_options: Optional[tuple] = None,
-              conv_impl: str = "auto"):
+def _compiled(
+    method: base.Method,
+    cfg,
+    strategy: str,
+    chunk_size: int,
+    k: int,
+    mesh: jax.sharding.Mesh,
+    compiler_options: Optional[tuple] = None,
+    conv_impl: str = "auto",
+):
     """jit(shard_map(batched per-image fns)) for init / run / result (cached per signature;
     `conv_impl`, the `ops.conv` form in force, is part of it: a jit traced under one form keeps
     it)."""
-    data = NamedSharding(mesh, P(AXIS))
-    repl = NamedSharding(mesh, P())
+    data = shd.batch_sharding(mesh)
+    repl = shd.replicated(mesh)
     sm = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
     jit = functools.partial(jax.jit, compiler_options=dict(compiler_options or ()) or None)
     init_b = _batched(_per_image_init(method, cfg), strategy, chunk_size)
-    run_b = _batched(_per_image_run(method, cfg, k, skip_inactive=strategy == "map"), strategy,
-                     chunk_size)
+    run_b = _batched(
+        _per_image_run(method, cfg, k, skip_inactive=strategy == "map"), strategy, chunk_size
+    )
     res_b = _batched(_per_image_result(method, cfg), strategy, chunk_size)
 
     def init_local(keys, images, latents, active, frozen):
@@ -185,22 +211,42 @@ def _compiled(method: base.Method, cfg, strategy: str, chunk_size: int, k: int,
     def res_local(carry, frozen):
         return res_b(frozen, carry)
 
-    init = jit(sm(init_local, in_specs=(P(AXIS),) * 4 + (P(),), out_specs=P(AXIS)),
-                   in_shardings=(data,) * 4 + (repl,), out_shardings=data)
-    run = jit(sm(run_local, in_specs=(P(AXIS), P(), P()), out_specs=P(AXIS)),
-                  in_shardings=(data, repl, repl), out_shardings=data, donate_argnums=0)
-    res = jit(sm(res_local, in_specs=(P(AXIS), P()), out_specs=P(AXIS)),
-                  in_shardings=(data, repl), out_shardings=data)
+    init = jit(
+        sm(init_local, in_specs=(P(AXIS),) * 4 + (P(),), out_specs=P(AXIS)),
+        in_shardings=(data,) * 4 + (repl,),
+        out_shardings=data,
+    )
+    run = jit(
+        sm(run_local, in_specs=(P(AXIS), P(), P()), out_specs=P(AXIS)),
+        in_shardings=(data, repl, repl),
+        out_shardings=data,
+        donate_argnums=0,
+    )
+    res = jit(
+        sm(res_local, in_specs=(P(AXIS), P()), out_specs=P(AXIS)),
+        in_shardings=(data, repl),
+        out_shardings=data,
+    )
     return init, run, res
 
 
-
-def invert_batch(method: base.Method, frozen: base.Frozen, images, image_ids,
-                 init_latents=None, cfg: Optional[ml_collections.ConfigDict] = None, *,
-                 seed: int = 0, strategy: str = "auto", steps: Optional[int] = None,
-                 steps_per_call: int = 10, chunk_size: int = 4,
-                 devices: Optional[Sequence[Any]] = None, stop_early: bool = True,
-                 compiler_options: Optional[dict] = None) -> dict:
+def invert_batch(
+    method: base.Method,
+    frozen: base.Frozen,
+    images,
+    image_ids,
+    init_latents=None,
+    cfg: Optional[ml_collections.ConfigDict] = None,
+    *,
+    seed: int = 0,
+    strategy: str = "auto",
+    steps: Optional[int] = None,
+    steps_per_call: int = 10,
+    chunk_size: int = 4,
+    devices: Optional[Sequence[Any]] = None,
+    stop_early: bool = True,
+    compiler_options: Optional[dict] = None,
+) -> dict:
     """Inverts images [B,H,W,C] in [-1,1] (ids [B] int) with `method`; see the module docstring
     for the result keys.
 
@@ -223,8 +269,9 @@ def invert_batch(method: base.Method, frozen: base.Frozen, images, image_ids,
     image_ids = np.asarray(image_ids, np.int64).reshape(-1)
     b = images.shape[0]
     if images.ndim != 4 or image_ids.shape[0] != b:
-        raise ValueError(f"images must be [B,H,W,C] with B ids, got {images.shape} and "
-                         f"{image_ids.shape[0]} ids")
+        raise ValueError(
+            f"images must be [B,H,W,C] with B ids, got {images.shape} and {image_ids.shape[0]} ids"
+        )
     g_cfg = frozen.g_cfg
     if init_latents is None:
         latents = jnp.broadcast_to(base.mean_latent(frozen), (b, g_cfg.num_ws, g_cfg.w_dim))
@@ -233,29 +280,41 @@ def invert_batch(method: base.Method, frozen: base.Frozen, images, image_ids,
         if latents.shape == (b, g_cfg.w_dim):
             latents = jnp.broadcast_to(latents[:, None], (b, g_cfg.num_ws, g_cfg.w_dim))
         if latents.shape != (b, g_cfg.num_ws, g_cfg.w_dim):
-            raise ValueError(f"init_latents must be [B, {g_cfg.num_ws}, {g_cfg.w_dim}] or "
-                             f"[B, {g_cfg.w_dim}], got {latents.shape}")
+            raise ValueError(
+                f"init_latents must be [B, {g_cfg.num_ws}, {g_cfg.w_dim}] or "
+                f"[B, {g_cfg.w_dim}], got {latents.shape}"
+            )
 
-    mesh = make_mesh(devices)
+    mesh = shd.make_mesh(devices=devices, explicit=True)
     n_dev = mesh.devices.size
     b_pad = -(-b // n_dev) * n_dev
     pad = b_pad - b
     idx = np.concatenate([np.arange(b), np.zeros(pad, np.int64)])
     active = np.arange(b_pad) < b
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
-        jnp.asarray(image_ids[idx], jnp.uint32))
-    init, run, res = _compiled(method, fcfg, strategy, int(chunk_size), int(steps_per_call), mesh,
-                               tuple(sorted((compiler_options or {}).items())),
-                               conv_ops.resolve_impl())
+        jnp.asarray(image_ids[idx], jnp.uint32)
+    )
+    init, run, res = _compiled(
+        method,
+        fcfg,
+        strategy,
+        int(chunk_size),
+        int(steps_per_call),
+        mesh,
+        tuple(sorted((compiler_options or {}).items())),
+        conv_ops.resolve_impl(),
+    )
 
-    data, repl = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
+    data, repl = shd.batch_sharding(mesh), shd.replicated(mesh)
     frozen = jax.device_put(frozen, repl)
-    carry = init(*jax.device_put((keys, images[idx], latents[idx], jnp.asarray(active)), data),
-                 frozen)
+    carry = init(
+        *jax.device_put((keys, images[idx], latents[idx], jnp.asarray(active)), data), frozen
+    )
     done_steps, history, history_steps = 0, [], []
     while done_steps < steps:
         n_allowed = jax.device_put(
-            jnp.asarray(min(steps_per_call, steps - done_steps), jnp.int32), repl)
+            jnp.asarray(min(steps_per_call, steps - done_steps), jnp.int32), repl
+        )
         carry = run(carry, n_allowed, frozen)
         done_steps = min(done_steps + steps_per_call, steps)
         # the host syncs here anyway (stop test); the metrics are a few floats per image
@@ -265,10 +324,15 @@ def invert_batch(method: base.Method, frozen: base.Frozen, images, image_ids,
             break
     out = res(carry, frozen)
     out = dict(out)
-    out.update(iterations=carry["iters"], converged=carry["done"] & ~carry["failed"],
-               failed=carry["failed"], metrics=carry["metrics"])
+    out.update(
+        iterations=carry["iters"],
+        converged=carry["done"] & ~carry["failed"],
+        failed=carry["failed"],
+        metrics=carry["metrics"],
+    )
     out = jax.tree_util.tree_map(lambda x: np.asarray(x)[:b], jax.device_get(out))
-    out["history"] = jax.tree_util.tree_map(lambda *xs: np.stack(xs)[:, :b], *history) \
-        if history else {}
+    out["history"] = (
+        jax.tree_util.tree_map(lambda *xs: np.stack(xs)[:, :b], *history) if history else {}
+    )
     out["history_steps"] = np.asarray(history_steps, np.int32)
     return out

@@ -13,7 +13,8 @@ reconstruction of its text (PAPERS.md §3). Per image:
     vectors of length C. A module is `num_blocks` residual blocks
         h <- h + W2 · LeakyReLU_0.2(SN(W1 · h + b)),   SN(v) = s · v / |v|  (ScaleNorm)
     with W1 [C, H], W2 [H, C] (H = hidden_mult * C) He-normal times `init_scale` (small, so M
-    starts near the identity), b ~ U(-1/sqrt(C), 1/sqrt(C)) (PyTorch Linear's bias init), s = sqrt(H)
+    starts near the identity), b ~ U(-1/sqrt(C), 1/sqrt(C)) (PyTorch Linear's bias init),
+    s = sqrt(H)
     (unit-RMS output of SN at init). No input normalization (the paper's Table 8: not needed).
   * only φ is optimized, with Ranger = Lookahead(RAdam, k=6, α=0.5) (optax.radam +
     optax.lookahead); the losses use the fast weights; 300 iterations by default (faces, AFHQ).
@@ -27,6 +28,7 @@ lost — defaults 1/1/0 (L2/LPIPS/ID) and reg_weight 1 with PTI's inner weights;
 layers, noise strengths and the const input are not modulated (only conv weights, like
 HyperStyle); LPIPS uses `Frozen.lpips_net` (the paper: AlexNet). `tuned` in the result = φ.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,12 +52,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.init_scale = 0.1
     c.sign = -1.0
     c.out_scale = 1.0
-    c.grad_norm = "none"            # 'none' (paper) | 'rms': M sees g / rms(g) per layer |
-                                    # 'rms_weight': and its output is scaled to rms(θ0) (see modify)
+    c.grad_norm = "none"  # 'none' (paper) | 'rms': M sees g / rms(g) per layer |
+    # 'rms_weight': and its output is scaled to rms(θ0) (see modify)
     c.recompute_g = False
     c.l2_weight = 1.0
     c.lpips_weight = 1.0
-    c.perceptual = "lpips"          # 'lpips' | 'pooled_l2' | 'none'
+    c.perceptual = "lpips"  # 'lpips' | 'pooled_l2' | 'none'
     c.cache_target_features = True  # keep the target's LPIPS features in the state (see base)
     c.id_weight = 0.0
     c.reg_weight = 1.0
@@ -109,11 +111,16 @@ def init_module(key, width: int, cfg):
     blocks = []
     for k in jax.random.split(key, cfg.num_blocks):
         k1, k2, k3 = jax.random.split(k, 3)
-        blocks.append(dict(
-            w1=jax.random.normal(k1, (width, hidden)) * math.sqrt(2.0 / width) * cfg.init_scale,
-            b1=jax.random.uniform(k3, (hidden,), minval=-1, maxval=1) / math.sqrt(width),
-            s=jnp.asarray(math.sqrt(hidden), jnp.float32),
-            w2=jax.random.normal(k2, (hidden, width)) * math.sqrt(2.0 / hidden) * cfg.init_scale))
+        blocks.append(
+            dict(
+                w1=jax.random.normal(k1, (width, hidden)) * math.sqrt(2.0 / width) * cfg.init_scale,
+                b1=jax.random.uniform(k3, (hidden,), minval=-1, maxval=1) / math.sqrt(width),
+                s=jnp.asarray(math.sqrt(hidden), jnp.float32),
+                w2=jax.random.normal(k2, (hidden, width))
+                * math.sqrt(2.0 / hidden)
+                * cfg.init_scale,
+            )
+        )
     return blocks
 
 
@@ -147,7 +154,7 @@ def modify(blocks, grad, grad_norm: str = "none", weight=None):
     k1, k2, c, o = grad.shape
     if grad_norm not in GRAD_NORMS:
         raise ValueError(f"gmm: grad_norm must be one of {GRAD_NORMS}, got {grad_norm!r}")
-    rms = lambda t: jnp.sqrt(jnp.mean(jnp.square(t))) + 1e-12    # noqa: E731
+    rms = lambda t: jnp.sqrt(jnp.mean(jnp.square(t))) + 1e-12  # noqa: E731
     r = rms(grad) if grad_norm != "none" else 1.0
     out_r = rms(weight) if grad_norm == "rms_weight" else r
     vecs = jnp.transpose(grad / r, (0, 1, 3, 2)).reshape(-1, c)
@@ -183,8 +190,9 @@ def conv_grads(frozen, params, ws, image, cfg, perc_target=None):
 
 
 def _tx(cfg):
-    return optax.lookahead(optax.radam(cfg.lr), sync_period=cfg.lookahead_k,
-                           slow_step_size=cfg.lookahead_alpha)
+    return optax.lookahead(
+        optax.radam(cfg.lr), sync_period=cfg.lookahead_k, slow_step_size=cfg.lookahead_alpha
+    )
 
 
 def init(key, image, frozen: base.Frozen, init_latent, cfg):
@@ -196,9 +204,16 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
     phi = {module_key(c): init_module(k, c, cfg) for k, c in zip(keys, widths)}
     phi = optax.LookaheadParams.init_synced(phi)
     perc_target = base.cache_target(frozen, image[None], cfg.perceptual, cfg.cache_target_features)
-    return dict(t=jnp.asarray(0, jnp.int32), key=key, image=image, ws=ws, phi=phi,
-                opt=_tx(cfg).init(phi), perc_target=perc_target,
-                g=conv_grads(frozen, theta0, ws, image, cfg, perc_target))
+    return dict(
+        t=jnp.asarray(0, jnp.int32),
+        key=key,
+        image=image,
+        ws=ws,
+        phi=phi,
+        opt=_tx(cfg).init(phi),
+        perc_target=perc_target,
+        g=conv_grads(frozen, theta0, ws, image, cfg, perc_target),
+    )
 
 
 def step(state, frozen: base.Frozen, cfg):
@@ -219,17 +234,19 @@ def step(state, frozen: base.Frozen, cfg):
             ws_r = base.random_ws(frozen, kr, cfg.reg_samples)
             tuned = base.synthesize(frozen, ws_r, theta)
             orig = jax.lax.stop_gradient(base.synthesize(frozen, ws_r))
-            reg = jnp.mean(cfg.reg_l2_weight * jnp.mean(jnp.square(tuned - orig), axis=(1, 2, 3))
-                           + cfg.reg_lpips_weight * base.perceptual(frozen, tuned, orig,
-                                                                    cfg.perceptual))
+            reg = jnp.mean(
+                cfg.reg_l2_weight * jnp.mean(jnp.square(tuned - orig), axis=(1, 2, 3))
+                + cfg.reg_lpips_weight * base.perceptual(frozen, tuned, orig, cfg.perceptual)
+            )
         loss = rec + cfg.id_weight * idl + cfg.reg_weight * reg
         # drift: ||θ' - θ0|| / ||θ0|| of the conv weights this step used (diagnostic curve)
         # and grad_rel: ||g|| / ||θ0||, the size of the gradient the modules are fed
         conv0 = {k: _get(theta0, k.split("/")) for k in state["g"]}
         drift = base.relative_change({k: _get(theta, k.split("/")) for k in state["g"]}, conv0)
         grad_rel = base.relative_change(base.tree_sub(conv0, state["g"]), conv0)
-        return loss, dict(loss=loss, mse=l2, perceptual=lp, id=idl, reg=reg, drift=drift,
-                          grad_rel=grad_rel)
+        return loss, dict(
+            loss=loss, mse=l2, perceptual=lp, id=idl, reg=reg, drift=drift, grad_rel=grad_rel
+        )
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state["phi"].fast)
     updates, opt = _tx(cfg).update(grads, state["opt"], state["phi"])

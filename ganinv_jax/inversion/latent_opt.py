@@ -15,6 +15,7 @@ perceptual one (the projector uses LPIPS only: mse_weight=0 reproduces it); perc
 (real VGG LPIPS; images pooled to <= 256 px as the projector does), 'pooled_l2' (cheap stand-in for
 tests/benchmarks, not LPIPS) or 'none'; optional early stop at MSE < stop_mse (off by default).
 """
+
 from __future__ import annotations
 
 import jax
@@ -29,8 +30,8 @@ from ganinv_jax.models import stylegan2 as sg2
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.space = "w+"                 # 'w' | 'w+'
-    c.num_steps = 1000             # projector default; also the lr schedule's horizon
+    c.space = "w+"  # 'w' | 'w+'
+    c.num_steps = 1000  # projector default; also the lr schedule's horizon
     c.initial_lr = 0.1
     c.lr_rampup = 0.05
     c.lr_rampdown = 0.25
@@ -40,9 +41,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.noise_reg_weight = 1e5
     c.mse_weight = 1.0
     c.perceptual_weight = 1.0
-    c.perceptual = "lpips"         # 'lpips' | 'pooled_l2' | 'none'
+    c.perceptual = "lpips"  # 'lpips' | 'pooled_l2' | 'none'
     c.cache_target_features = True  # keep the target's LPIPS features in the state (see base)
-    c.stop_mse = -1.0              # < 0: never stop early
+    c.stop_mse = -1.0  # < 0: never stop early
     return c
 
 
@@ -52,7 +53,10 @@ def noise_regularizer(noise: dict) -> jax.Array:
     for v in noise.values():
         x = v
         while True:
-            reg += jnp.mean(x * jnp.roll(x, 1, axis=1)) ** 2 + jnp.mean(x * jnp.roll(x, 1, axis=0)) ** 2
+            reg += (
+                jnp.mean(x * jnp.roll(x, 1, axis=1)) ** 2
+                + jnp.mean(x * jnp.roll(x, 1, axis=0)) ** 2
+            )
             if x.shape[0] <= 8:
                 break
             x = x.reshape(x.shape[0] // 2, 2, x.shape[1] // 2, 2).mean(axis=(1, 3))
@@ -71,7 +75,7 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
     g_cfg = frozen.g_cfg
     ws = base.check_latent(init_latent, g_cfg)
     if cfg.space == "w":
-        w = jnp.mean(ws, axis=0)      # a W+ start collapses to its mean w
+        w = jnp.mean(ws, axis=0)  # a W+ start collapses to its mean w
     elif cfg.space == "w+":
         w = ws
     else:
@@ -83,11 +87,17 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
         ks = jax.random.split(kn, len(shapes))
         noise = {n: jax.random.normal(k, s) for k, (n, s) in zip(ks, sorted(shapes.items()))}
     params = {"w": w, "noise": noise}
-    perc_target = base.cache_target(frozen, _perceptual_input(image), cfg.perceptual,
-                                    cfg.cache_target_features)
-    return dict(t=jnp.asarray(0, jnp.int32), key=key, image=image, params=params,
-                perc_target=perc_target,
-                opt=optax.scale_by_adam(0.9, 0.999, 1e-8).init(params))
+    perc_target = base.cache_target(
+        frozen, _perceptual_input(image), cfg.perceptual, cfg.cache_target_features
+    )
+    return dict(
+        t=jnp.asarray(0, jnp.int32),
+        key=key,
+        image=image,
+        params=params,
+        perc_target=perc_target,
+        opt=optax.scale_by_adam(0.9, 0.999, 1e-8).init(params),
+    )
 
 
 def _perceptual_input(img):
@@ -105,8 +115,11 @@ def step(state, frozen: base.Frozen, cfg):
     t = state["t"].astype(jnp.float32)
     key, kw = jax.random.split(state["key"])
     n = max(cfg.num_steps, 1)
-    w_noise_scale = frozen.w_std * cfg.initial_noise_factor * \
-        jnp.square(jnp.maximum(0.0, 1.0 - t / (cfg.noise_ramp * n)))
+    w_noise_scale = (
+        frozen.w_std
+        * cfg.initial_noise_factor
+        * jnp.square(jnp.maximum(0.0, 1.0 - t / (cfg.noise_ramp * n)))
+    )
     lr = cfg.initial_lr * base.lr_ramp(t, n, cfg.lr_rampup, cfg.lr_rampdown)
     target = state["image"]
 
@@ -114,8 +127,13 @@ def step(state, frozen: base.Frozen, cfg):
         offset = jax.random.normal(kw, params["w"].shape) * w_noise_scale
         img = _render(frozen, params, offset)
         mse = base.mse1(img, target)
-        perc = base.perceptual_to_image(frozen, _perceptual_input(img), _perceptual_input(target),
-                                        state["perc_target"], cfg.perceptual)[0]
+        perc = base.perceptual_to_image(
+            frozen,
+            _perceptual_input(img),
+            _perceptual_input(target),
+            state["perc_target"],
+            cfg.perceptual,
+        )[0]
         reg = noise_regularizer(params["noise"])
         loss = cfg.mse_weight * mse + cfg.perceptual_weight * perc + cfg.noise_reg_weight * reg
         return loss, dict(loss=loss, mse=mse, perceptual=perc, noise_reg=reg, lr=lr)
@@ -140,5 +158,6 @@ def converged(metrics, cfg):
     return metrics["mse"] < cfg.stop_mse
 
 
-METHOD = base.Method("latent_opt", init, step, result, default_config, converged,
-                     tunes_weights=False)
+METHOD = base.Method(
+    "latent_opt", init, step, result, default_config, converged, tunes_weights=False
+)

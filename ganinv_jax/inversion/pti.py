@@ -15,6 +15,7 @@ it transfers across models; w_z uses the frozen mapping; for a W+ pivot the inte
 per layer (identical to PTI for a W pivot); only the synthesis network is tuned (the mapping is
 not used for the pivot). `tuned` in the result is the synthesis params minus the frozen base.
 """
+
 from __future__ import annotations
 
 import jax
@@ -31,19 +32,19 @@ def default_config() -> ml_collections.ConfigDict:
     c.lr = 3e-4
     c.l2_weight = 1.0
     c.lpips_weight = 1.0
-    c.perceptual = "lpips"          # 'lpips' | 'pooled_l2' | 'none'
+    c.perceptual = "lpips"  # 'lpips' | 'pooled_l2' | 'none'
     c.cache_target_features = True  # keep the target's LPIPS features in the state (see base)
-    c.reg_weight = 1.0              # 0 disables the locality regularizer
+    c.reg_weight = 1.0  # 0 disables the locality regularizer
     c.reg_interval = 1
     c.reg_samples = 1
-    c.reg_alpha = 1.0               # in units of Frozen.w_std
+    c.reg_alpha = 1.0  # in units of Frozen.w_std
     c.reg_l2_weight = 0.1
     c.reg_lpips_weight = 0.1
     # PTI's code stops at LPIPS < 0.06 (only with perceptual='lpips'). Off by default: from a
     # projected pivot on the default model it ended 98% of runs within 17 steps at 1.0-1.1x the
     # pivot's MSE, while 300 steps at the paper's lr reach 2.8x (README). 0.06 restores it.
     c.stop_lpips = -1.0
-    c.stop_mse = -1.0               # < 0: off
+    c.stop_mse = -1.0  # < 0: off
     return c
 
 
@@ -53,16 +54,22 @@ def _tx(cfg):
 
 def init(key, image, frozen: base.Frozen, init_latent, cfg):
     params = frozen.g["params"]["synthesis"]
-    return dict(t=jnp.asarray(0, jnp.int32), key=key, image=image,
-                ws=base.check_latent(init_latent, frozen.g_cfg), params=params,
-                perc_target=base.cache_target(frozen, image[None], cfg.perceptual,
-                                              cfg.cache_target_features),
-                opt=_tx(cfg).init(params))
+    return dict(
+        t=jnp.asarray(0, jnp.int32),
+        key=key,
+        image=image,
+        ws=base.check_latent(init_latent, frozen.g_cfg),
+        params=params,
+        perc_target=base.cache_target(
+            frozen, image[None], cfg.perceptual, cfg.cache_target_features
+        ),
+        opt=_tx(cfg).init(params),
+    )
 
 
 def locality_latents(frozen: base.Frozen, key, ws_pivot, n: int, alpha: float):
     """n latents at distance alpha * w_std from the pivot, toward random mapped latents."""
-    ws_z = base.random_ws(frozen, key, n)                             # [n, L, D]
+    ws_z = base.random_ws(frozen, key, n)  # [n, L, D]
     direction = ws_z - ws_pivot[None]
     norm = jnp.linalg.norm(direction, axis=-1, keepdims=True)
     return ws_pivot[None] + alpha * frozen.w_std * direction / jnp.maximum(norm, 1e-8)
@@ -85,8 +92,7 @@ def step(state, frozen: base.Frozen, cfg):
     def loss_fn(params):
         img = base.synthesize(frozen, state["ws"][None], params)
         l2 = jnp.mean(jnp.square(img - target))
-        lp = base.perceptual_to_image(frozen, img, target, state["perc_target"],
-                                      cfg.perceptual)[0]
+        lp = base.perceptual_to_image(frozen, img, target, state["perc_target"], cfg.perceptual)[0]
         loss = cfg.l2_weight * l2 + cfg.lpips_weight * lp
         reg = jnp.zeros((), jnp.float32)
         if cfg.reg_weight > 0:
@@ -104,8 +110,11 @@ def step(state, frozen: base.Frozen, cfg):
 
 def result(state, frozen: base.Frozen, cfg):
     recon = base.synthesize(frozen, state["ws"][None], state["params"])[0]
-    return dict(latent=state["ws"], recon=recon,
-                tuned=base.tree_sub(state["params"], frozen.g["params"]["synthesis"]))
+    return dict(
+        latent=state["ws"],
+        recon=recon,
+        tuned=base.tree_sub(state["params"], frozen.g["params"]["synthesis"]),
+    )
 
 
 def converged(metrics, cfg):

@@ -20,6 +20,7 @@ fold_in(seed, image id) and per-image convergence masks, so an image's result is
 the image, its id and the settings only. A resumed run re-forms the unfinished chunks exactly
 (see `manifest.plan_chunks`), so even the float reassociation matches the uninterrupted run.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -28,8 +29,6 @@ import functools
 import json
 import os
 import shutil
-import signal
-import threading
 import time
 from typing import Any, Optional, Sequence
 
@@ -38,17 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ganinv_jax import imageio
+from ganinv_jax import atomic, errors, preemption
+from ganinv_jax.data import images as image_io
+from ganinv_jax.errors import UserError
 from ganinv_jax.jobs import manifest as manifest_lib
 from ganinv_jax.jobs import methods as methods_lib
-from ganinv_jax.jobs import records
-from ganinv_jax.jobs import reporting
-from ganinv_jax.jobs import sources
+from ganinv_jax.jobs import records, reporting, sources
 
 INITS = ("auto", "mean_w", "encoder", "latent_opt")
 
 
-class JobError(Exception):
+class JobError(UserError):
     """A problem the user must fix; reported as one line, before any work where possible."""
 
 
@@ -58,10 +57,13 @@ class JobError(Exception):
 def load_generator(spec: str):
     """`config.generator` ('default' or a converted DIR) -> the `pretrained` GAN object."""
     if spec != "default" and not os.path.isdir(spec):
-        raise JobError(f"config.generator={spec!r}: no such directory (convert a checkpoint "
-                       "with `python -m weights_convert ... --out DIR`, or use 'default')")
+        raise JobError(
+            f"config.generator={spec!r}: no such directory (convert a checkpoint "
+            "with `python -m weights_convert ... --out DIR`, or use 'default')"
+        )
     try:
         from ganinv_jax import pretrained
+
         return pretrained.load(spec)
     except Exception as e:  # noqa: BLE001 -- any loading problem is one clear line
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -80,20 +82,25 @@ def load_reals(config, pre: sources.Preprocess) -> Optional[np.ndarray]:
         if config.generator != "default":
             return None
         from ganinv_jax import data as data_lib
-        from ganinv_jax.data.pipeline import to_model_range
+
         try:
-            train = data_lib.load_fashion_mnist("train", resolution=pre.resolution,
-                                                channels=pre.channels)
+            train = data_lib.load_fashion_mnist(
+                "train", resolution=pre.resolution, channels=pre.channels
+            )
         except (OSError, ValueError, data_lib.DatasetError) as e:
-            raise JobError(f"config.reals: the default model's reals are the Fashion-MNIST train "
-                           f"split ({e}); install dataset-fashion-mnist or set "
-                           "config.reals.path") from None
+            raise JobError(
+                f"config.reals: the default model's reals are the Fashion-MNIST train "
+                f"split ({e}); install dataset-fashion-mnist or set "
+                "config.reals.path"
+            ) from None
         pick = np.random.default_rng(int(config.seed)).choice(
-            len(train), size=min(int(rc.num), len(train)), replace=False)
-        return to_model_range(train[np.sort(pick)])
-    src = sources.open_source(rc)   # same keys as config.data
-    got = [img for img, _ in src.load_many(range(min(int(rc.num), len(src))), pre)
-           if img is not None]
+            len(train), size=min(int(rc.num), len(train)), replace=False
+        )
+        return data_lib.from_uint8(train[np.sort(pick)])
+    src = sources.open_source(rc)  # same keys as config.data
+    got = [
+        img for img, _ in src.load_many(range(min(int(rc.num), len(src))), pre) if img is not None
+    ]
     if not got:
         raise JobError(f"config.reals: no readable images in {src.describe()}")
     return np.stack(got)
@@ -129,6 +136,7 @@ def validate(config) -> None:
 @dataclasses.dataclass
 class Context:
     """Everything a chunk needs, built (and checked) before any work starts."""
+
     config: Any
     workdir: str
     source: sources.Source
@@ -137,16 +145,16 @@ class Context:
     mcfg: Any
     frozen: Any
     gan: Any
-    lpips: Any               # LPIPS params of the metrics (the same tree as frozen.lpips)
-    devices: list            # this process's devices (the mesh of its inversions)
-    global_devices: list     # all devices (the mesh of collective saves)
+    lpips: Any  # LPIPS params of the metrics (the same tree as frozen.lpips)
+    devices: list  # this process's devices (the mesh of its inversions)
+    global_devices: list  # all devices (the mesh of collective saves)
     pid: int
     nproc: int
-    slots: int               # L: images per process per chunk
+    slots: int  # L: images per process per chunk
     manifest: manifest_lib.Manifest
-    init: str                # the resolved config.init
-    has_encoder: bool = False    # G's D has the InvGAN w head (init 'encoder' / pivot start)
-    init_cfg: Any = None     # latent_opt's config of the pivot projection (init='latent_opt')
+    init: str  # the resolved config.init
+    has_encoder: bool = False  # G's D has the InvGAN w head (init 'encoder' / pivot start)
+    init_cfg: Any = None  # latent_opt's config of the pivot projection (init='latent_opt')
 
     @property
     def chunk_size(self) -> int:
@@ -163,23 +171,37 @@ def pivot_config(config, has_encoder: bool):
     cfg.space = config.init_space
     cfg.num_steps = int(config.init_steps)
     if has_encoder:
-        cfg.initial_noise_factor = 0.0     # the projector's noise ramp is for a mean-w start
+        cfg.initial_noise_factor = 0.0  # the projector's noise ramp is for a mean-w start
     return cfg
 
 
 def run_settings(config, source, pre, mcfg, gan_cfg, init: str, init_cfg=None) -> dict:
     """What a resumed run must share with the original (batching settings may change)."""
-    return {"method": config.method, "method_config": json.loads(mcfg.to_json_best_effort()),
-            "steps": int(config.steps), "seed": int(config.seed), "init": init,
-            "init_config": (json.loads(init_cfg.to_json_best_effort())
-                            if init_cfg is not None else None),
-            "generator": os.path.abspath(config.generator) if config.generator != "default"
-            else "default", "generator_config": json.loads(json.dumps(gan_cfg, default=str)),
-            "source": source.describe(), "listing": source.fingerprint(),
-            "num_items": len(source), "preprocess": {
-                "resolution": pre.resolution, "channels": pre.channels,
-                "resize_mode": pre.resize_mode, "background": pre.background,
-                "max_pixels": pre.max_pixels, "align": str(pre.align)}}
+    return {
+        "method": config.method,
+        "method_config": json.loads(mcfg.to_json_best_effort()),
+        "steps": int(config.steps),
+        "seed": int(config.seed),
+        "init": init,
+        "init_config": (
+            json.loads(init_cfg.to_json_best_effort()) if init_cfg is not None else None
+        ),
+        "generator": os.path.abspath(config.generator)
+        if config.generator != "default"
+        else "default",
+        "generator_config": json.loads(json.dumps(gan_cfg, default=str)),
+        "source": source.describe(),
+        "listing": source.fingerprint(),
+        "num_items": len(source),
+        "preprocess": {
+            "resolution": pre.resolution,
+            "channels": pre.channels,
+            "resize_mode": pre.resize_mode,
+            "background": pre.background,
+            "max_pixels": pre.max_pixels,
+            "align": str(pre.align),
+        },
+    }
 
 
 def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context:
@@ -187,48 +209,77 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     validate(config)
     method = methods_lib.get(config.method)
     mcfg = methods_lib.method_config(config, method)
-    source = sources.open_source(config.data)       # cheap checks first: input, then G
+    source = sources.open_source(config.data)  # cheap checks first: input, then G
     gan = load_generator(config.generator)
     g_cfg = gan.config
     has_encoder = bool(gan.config.d_w_head and "D" in gan.params)
     init = resolve_init(config, has_encoder)
     if init == "encoder" and not has_encoder:
-        raise JobError(f"config.init='encoder': generator {config.generator!r} has no encoder "
-                       "(InvGAN w-head); use config.init=mean_w or latent_opt")
+        raise JobError(
+            f"config.init='encoder': generator {config.generator!r} has no encoder "
+            "(InvGAN w-head); use config.init=mean_w or latent_opt"
+        )
     if config.method == "clone" and "D" not in gan.params:
-        raise JobError(f"config.method='clone' needs a discriminator; {config.generator!r} has "
-                       "none (convert it without --no-d)")
-    pre = sources.Preprocess(resolution=g_cfg.resolution, channels=g_cfg.img_channels,
-                             resize_mode=config.data.resize_mode,
-                             background=int(config.data.background),
-                             max_pixels=int(config.data.max_pixels),
-                             align=sources.resolve_align(config.data.align))
+        raise JobError(
+            f"config.method='clone' needs a discriminator; {config.generator!r} has "
+            "none (convert it without --no-d)"
+        )
+    pre = sources.Preprocess(
+        resolution=g_cfg.resolution,
+        channels=g_cfg.img_channels,
+        resize_mode=config.data.resize_mode,
+        background=int(config.data.background),
+        max_pixels=int(config.data.max_pixels),
+        align=sources.resolve_align(config.data.align),
+    )
     if devices is not None and jax.process_count() > 1:
         raise JobError("explicit devices are for single-process runs only")
     local = list(devices) if devices is not None else jax.local_devices()
     global_devices = list(devices) if devices is not None else jax.devices()
     nproc = jax.process_count() if devices is None else 1
     if len(global_devices) != len(local) * nproc:
-        raise JobError(f"uneven hosts: {len(global_devices)} devices over {nproc} processes "
-                       f"with {len(local)} here")
+        raise JobError(
+            f"uneven hosts: {len(global_devices)} devices over {nproc} processes "
+            f"with {len(local)} here"
+        )
     init_cfg = pivot_config(config, has_encoder) if init == "latent_opt" else None
     settings = run_settings(config, source, pre, mcfg, g_cfg.to_dict(), init, init_cfg)
-    m = manifest_lib.Manifest.open(workdir, settings)   # ResumeMismatch -> one line
-    from ganinv_jax.inversion import base
+    m = manifest_lib.Manifest.open(workdir, settings)  # ResumeMismatch -> one line
     from ganinv_jax import losses
+    from ganinv_jax.inversion import base
+
     try:
         lpips_params = losses.load_lpips_params(config.lpips_net)
     except (ValueError, FileNotFoundError) as e:
         raise JobError(f"config.lpips_net={config.lpips_net!r}: {e}") from None
-    frozen = base.make_frozen(g_cfg, gan.G, lpips=lpips_params,
-                              lpips_net=losses.perceptual.canonical_net(config.lpips_net),
-                              d_vars=gan.params.get("D") if method.name == "clone" else None,
-                              reals=load_reals(config, pre) if method.name == "clone" else None)
-    return Context(config=config, workdir=workdir, source=source, pre=pre, method=method,
-                   mcfg=mcfg, frozen=frozen, gan=gan, lpips=lpips_params, devices=local,
-                   global_devices=global_devices, pid=jax.process_index() if devices is None
-                   else 0, nproc=nproc, slots=int(config.batch_size) * len(local), manifest=m,
-                   init=init, has_encoder=has_encoder, init_cfg=init_cfg)
+    frozen = base.make_frozen(
+        g_cfg,
+        gan.G,
+        lpips=lpips_params,
+        lpips_net=losses.perceptual.canonical_net(config.lpips_net),
+        d_vars=gan.params.get("D") if method.name == "clone" else None,
+        reals=load_reals(config, pre) if method.name == "clone" else None,
+    )
+    return Context(
+        config=config,
+        workdir=workdir,
+        source=source,
+        pre=pre,
+        method=method,
+        mcfg=mcfg,
+        frozen=frozen,
+        gan=gan,
+        lpips=lpips_params,
+        devices=local,
+        global_devices=global_devices,
+        pid=jax.process_index() if devices is None else 0,
+        nproc=nproc,
+        slots=int(config.batch_size) * len(local),
+        manifest=m,
+        init=init,
+        has_encoder=has_encoder,
+        init_cfg=init_cfg,
+    )
 
 
 # ----------------------------------------------------------------------------- one chunk
@@ -241,6 +292,7 @@ def image_metrics(lpips_params, images, recon, win: int = 11, net: str = "vgg") 
     clipped reconstruction (what the PNG holds). Gray images are repeated to RGB for LPIPS and
     images below the backbone's minimum size are upsampled (nearest) to it."""
     from ganinv_jax import losses
+
     recon = jnp.clip(recon, -1.0, 1.0)
     mse01 = jnp.mean(jnp.square(images - recon).reshape(images.shape[0], -1), axis=1) / 4.0
     x, y = images, recon
@@ -250,15 +302,18 @@ def image_metrics(lpips_params, images, recon, win: int = 11, net: str = "vgg") 
     if x.shape[1] < min_size:
         f = -(-min_size // x.shape[1])
         x, y = (jnp.repeat(jnp.repeat(a, f, 1), f, 2) for a in (x, y))
-    return {"mse": mse01, "psnr": -10.0 * jnp.log10(mse01),
-            "ssim": losses.ssim(images, recon, win_size=win),
-            "ms_ssim": losses.ms_ssim_any_size(images, recon),
-            "lpips": losses.lpips_apply(lpips_params, x, y, net=net)}
+    return {
+        "mse": mse01,
+        "psnr": -10.0 * jnp.log10(mse01),
+        "ssim": losses.ssim(images, recon, win_size=win),
+        "ms_ssim": losses.ms_ssim_any_size(images, recon),
+        "lpips": losses.lpips_apply(lpips_params, x, y, net=net),
+    }
 
 
 def my_slots(ctx: Context, chunk: Sequence[int]) -> list[int]:
     """This process's ids of a chunk (slots [pid*L, (pid+1)*L); fewer in a short last chunk)."""
-    return list(chunk[ctx.pid * ctx.slots:(ctx.pid + 1) * ctx.slots])
+    return list(chunk[ctx.pid * ctx.slots : (ctx.pid + 1) * ctx.slots])
 
 
 def initial_latents(ctx: Context, images: np.ndarray, ids: np.ndarray):
@@ -266,16 +321,25 @@ def initial_latents(ctx: Context, images: np.ndarray, ids: np.ndarray):
     pivot: latent optimization (`config.latent_opt`'s loss, in `config.init_space`,
     `config.init_steps` steps; PTI's pivot recipe), started at the encoder when G has one."""
     from ganinv_jax.inversion import init_latents
+
     if ctx.init == "mean_w":
         return None
-    encoded = (init_latents.from_encoder(ctx.gan.encode, images, ctx.frozen)
-               if ctx.has_encoder else None)
+    encoded = (
+        init_latents.from_encoder(ctx.gan.encode, images, ctx.frozen) if ctx.has_encoder else None
+    )
     if ctx.init == "encoder":
         return encoded
     return init_latents.from_latent_opt(
-        ctx.frozen, images, ids, cfg=ctx.init_cfg, seed=int(ctx.config.seed), start=encoded,
-        strategy=ctx.config.strategy, steps_per_call=int(ctx.config.steps_per_call),
-        devices=ctx.devices)
+        ctx.frozen,
+        images,
+        ids,
+        cfg=ctx.init_cfg,
+        seed=int(ctx.config.seed),
+        start=encoded,
+        strategy=ctx.config.strategy,
+        steps_per_call=int(ctx.config.steps_per_call),
+        devices=ctx.devices,
+    )
 
 
 def load_slots(ctx: Context, chunk: Sequence[int]) -> list:
@@ -291,6 +355,7 @@ def invert_local(ctx: Context, ids: Sequence[int], loaded: Optional[list] = None
     same shapes (one compile) and the filler converges like its original; its results are
     dropped."""
     from ganinv_jax.inversion import engine
+
     t0 = time.perf_counter()
     L, res, ch = ctx.slots, ctx.pre.resolution, ctx.pre.channels
     if loaded is None:
@@ -302,42 +367,74 @@ def invert_local(ctx: Context, ids: Sequence[int], loaded: Optional[list] = None
     for j in good:
         images[j] = loaded[j][0]
     slot_ids = np.full((L,), -1, np.int64)
-    slot_ids[:len(ids)] = ids
+    slot_ids[: len(ids)] = ids
     engine_ids = np.where(slot_ids >= 0, slot_ids, slot_ids[good[0]] if good else 0)
     out = engine.invert_batch(
-        ctx.method, ctx.frozen, images, engine_ids, initial_latents(ctx, images, engine_ids),
+        ctx.method,
+        ctx.frozen,
+        images,
+        engine_ids,
+        initial_latents(ctx, images, engine_ids),
         ctx.mcfg,
-        seed=int(ctx.config.seed), strategy=ctx.config.strategy, steps=int(ctx.config.steps),
-        steps_per_call=int(ctx.config.steps_per_call), devices=ctx.devices)
+        seed=int(ctx.config.seed),
+        strategy=ctx.config.strategy,
+        steps=int(ctx.config.steps),
+        steps_per_call=int(ctx.config.steps_per_call),
+        devices=ctx.devices,
+    )
     recon = np.asarray(out["recon"], np.float32)
     win = min(11, res - (1 - res % 2))
-    mets = jax.device_get(image_metrics(ctx.lpips, jnp.asarray(images), jnp.asarray(recon),
-                                        win=win, net=ctx.config.lpips_net))
+    mets = jax.device_get(
+        image_metrics(
+            ctx.lpips, jnp.asarray(images), jnp.asarray(recon), win=win, net=ctx.config.lpips_net
+        )
+    )
     status = np.full((L,), records.EMPTY, np.int32)
     reasons = [""] * L
-    finite = np.isfinite(recon).reshape(L, -1).all(1) & \
-        np.isfinite(np.asarray(out["latent"])).reshape(L, -1).all(1)
+    finite = np.isfinite(recon).reshape(L, -1).all(1) & np.isfinite(
+        np.asarray(out["latent"])
+    ).reshape(L, -1).all(1)
     for j in range(len(ids)):
         if loaded[j][0] is None:
             status[j], reasons[j] = records.BAD_INPUT, loaded[j][1]
         elif bool(out["failed"][j]) or not finite[j]:
             status[j] = records.FAILED
-            reasons[j] = (f"non-finite value during {ctx.method.name} after "
-                          f"{int(out['iterations'][j])} steps (kept the last finite state)")
+            reasons[j] = (
+                f"non-finite value during {ctx.method.name} after "
+                f"{int(out['iterations'][j])} steps (kept the last finite state)"
+            )
         else:
             status[j] = records.CONVERGED if bool(out["converged"][j]) else records.MAX_STEPS
     bad = ~np.isin(status, records.OK_STATUSES)
     seconds = (time.perf_counter() - t0) / max(len(ids), 1)
-    rec = {"ids": slot_ids, "status": status, "reasons": records.encode_reasons(reasons),
-           "iterations": np.where(np.isin(status, (records.BAD_INPUT, records.EMPTY)), 0,
-                                  np.asarray(out["iterations"])).astype(np.int32),
-           "seconds": np.where(status == records.EMPTY, 0.0, seconds).astype(np.float32),
-           "latent": np.asarray(out["latent"], np.float32)}
+    rec = {
+        "ids": slot_ids,
+        "status": status,
+        "reasons": records.encode_reasons(reasons),
+        "iterations": np.where(
+            np.isin(status, (records.BAD_INPUT, records.EMPTY)), 0, np.asarray(out["iterations"])
+        ).astype(np.int32),
+        "seconds": np.where(status == records.EMPTY, 0.0, seconds).astype(np.float32),
+        "latent": np.asarray(out["latent"], np.float32),
+    }
     for k in records.METRIC_KEYS:
         rec[k] = np.where(bad, np.nan, np.asarray(mets[k], np.float64)).astype(np.float32)
-    extras = {k: v for k, v in out.items() if k not in (
-        "latent", "recon", "tuned", "iterations", "converged", "failed", "metrics", "history",
-        "history_steps")}
+    extras = {
+        k: v
+        for k, v in out.items()
+        if k
+        not in (
+            "latent",
+            "recon",
+            "tuned",
+            "iterations",
+            "converged",
+            "failed",
+            "metrics",
+            "history",
+            "history_steps",
+        )
+    }
     for k, v in _flatten({"extra": extras}).items():
         rec[k] = np.asarray(v)
     return {"records": rec, "images": images, "recon": recon, "tuned": out.get("tuned")}
@@ -357,13 +454,14 @@ def gather(ctx: Context, rec: dict) -> dict:
     if ctx.nproc == 1:
         return rec
     from jax.experimental import multihost_utils
-    return {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
-            for k, v in rec.items()}
+
+    return {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in rec.items()}
 
 
 def barrier(ctx: Context, name: str) -> None:
     if ctx.nproc > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
 
 
@@ -371,18 +469,14 @@ def save_tuned(ctx: Context, name: str, tuned, slot_ids: np.ndarray) -> Optional
     """One collective orbax save per chunk: {'ids': [chunk slots], 'tuned': tree [slots, ...]}."""
     if tuned is None or not jax.tree_util.tree_leaves(tuned):
         return None
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from ganinv_jax import checkpointing
-    mesh = jax.make_mesh((len(ctx.global_devices),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,), devices=ctx.global_devices)
-    sharding = NamedSharding(mesh, P("data"))
+    from ganinv_jax import checkpointing, sharding
 
-    def to_global(x):
-        x = np.asarray(x)
-        return jax.make_array_from_process_local_data(sharding, x,
-                                                      (x.shape[0] * ctx.nproc,) + x.shape[1:])
-    tree = {"ids": to_global(slot_ids.astype(np.int32)),
-            "tuned": jax.tree_util.tree_map(to_global, tuned)}
+    mesh = sharding.make_mesh(devices=ctx.global_devices)
+    to_global = lambda x: sharding.host_to_global(x, mesh)
+    tree = {
+        "ids": to_global(slot_ids.astype(np.int32)),
+        "tuned": jax.tree_util.tree_map(to_global, tuned),
+    }
     rel = os.path.join("tuned", name)
     checkpointing.save_sharded_pytree(ctx.out(rel), tree)
     return rel
@@ -395,23 +489,28 @@ def write_local_outputs(ctx: Context, local: dict, at=lambda p: p) -> None:
     rec = local["records"]
     for j, i in enumerate(rec["ids"]):
         if i >= 0 and rec["status"][j] in records.OK_STATUSES:
-            imageio.save_png(at(ctx.out("recon", f"{int(i):08d}.png")), local["recon"][j])
+            image_io.save_png(at(ctx.out("recon", f"{int(i):08d}.png")), local["recon"][j])
 
 
 def comparison_grid(local: dict, max_pairs: int) -> Optional[np.ndarray]:
     """Target | reconstruction side by side, 4 pairs per row, for this process's images."""
     rec = local["records"]
-    keep = [j for j in range(len(rec["ids"])) if rec["ids"][j] >= 0
-            and rec["status"][j] in records.OK_STATUSES][:max_pairs]
+    keep = [
+        j
+        for j in range(len(rec["ids"]))
+        if rec["ids"][j] >= 0 and rec["status"][j] in records.OK_STATUSES
+    ][:max_pairs]
     if not keep:
         return None
-    pairs = np.stack([x for j in keep for x in (local["images"][j],
-                                                np.clip(local["recon"][j], -1, 1))])
-    return imageio.make_grid(pairs, ncols=min(8, 2 * len(keep)))
+    pairs = np.stack(
+        [x for j in keep for x in (local["images"][j], np.clip(local["recon"][j], -1, 1))]
+    )
+    return image_io.make_grid(pairs, ncols=min(8, 2 * len(keep)))
 
 
-def process_chunk(ctx: Context, chunk: Sequence[int], loaded: Optional[list] = None
-                  ) -> tuple[dict, Optional[np.ndarray]]:
+def process_chunk(
+    ctx: Context, chunk: Sequence[int], loaded: Optional[list] = None
+) -> tuple[dict, Optional[np.ndarray]]:
     """Invert one chunk, write its outputs, and (process 0) commit it to the manifest."""
     name = manifest_lib.chunk_name(chunk)
     t0 = time.perf_counter()
@@ -419,34 +518,46 @@ def process_chunk(ctx: Context, chunk: Sequence[int], loaded: Optional[list] = N
     full = gather(ctx, local["records"])
     chunk_file = os.path.join("chunks", f"{name}.npz")
     grid = comparison_grid(local, int(ctx.config.output.grid_pairs)) if ctx.pid == 0 else None
-    writing = {"path": ""}      # for the error message: the file being written
+    writing = {"path": ""}  # for the error message: the file being written
 
     def at(path: str) -> str:
         writing["path"] = path
         return path
+
     try:
         write_local_outputs(ctx, local, at)
         if ctx.pid == 0:
             if grid is not None:
-                imageio.save_png(at(ctx.out("grids", f"{name}.png")), grid)
-            records.save_npz_atomic(at(ctx.out(chunk_file)), **full)
+                image_io.save_png(at(ctx.out("grids", f"{name}.png")), grid)
+            atomic.write_npz(at(ctx.out(chunk_file)), **full)
         at(ctx.out("tuned", name))
         tuned_rel = save_tuned(ctx, name, local["tuned"], local["records"]["ids"])
         barrier(ctx, f"ganinv-invert-{name}")
         if ctx.pid == 0:
             at(ctx.manifest.path)
-            ctx.manifest.commit_chunk({"name": name, "ids": manifest_lib.ranges(chunk),
-                                       "file": chunk_file, "tuned": tuned_rel,
-                                       "seconds": round(time.perf_counter() - t0, 3)})
-            records.append_csv(at(ctx.out("metrics.csv")),
-                               records.metric_rows(full, ctx.source.paths, ctx.method.name))
-            records.append_csv(at(ctx.out("failures.csv")),
-                               records.failure_rows(full, ctx.source.paths))
+            ctx.manifest.commit_chunk(
+                {
+                    "name": name,
+                    "ids": manifest_lib.ranges(chunk),
+                    "file": chunk_file,
+                    "tuned": tuned_rel,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            )
+            records.append_csv(
+                at(ctx.out("metrics.csv")),
+                records.metric_rows(full, ctx.source.paths, ctx.method.name),
+            )
+            records.append_csv(
+                at(ctx.out("failures.csv")), records.failure_rows(full, ctx.source.paths)
+            )
     except OSError as e:
-        raise JobError(f"cannot write {e.filename or writing['path']} ({e.strerror or e}); "
-                       f"manifest.json lists the {len(ctx.manifest.chunks)} finished chunks and "
-                       "nothing half-written: free space / fix the workdir and rerun the same "
-                       "command to resume") from None
+        raise JobError(
+            f"cannot write {e.filename or writing['path']} ({e.strerror or e}); "
+            f"manifest.json lists the {len(ctx.manifest.chunks)} finished chunks and "
+            "nothing half-written: free space / fix the workdir and rerun the same "
+            "command to resume"
+        ) from None
     return full, grid
 
 
@@ -462,10 +573,16 @@ def committed_chunks(ctx: Context, keys=records.RECORD_KEYS) -> list[dict]:
 def rebuild_views(ctx: Context, chunks: list[dict]) -> None:
     """metrics.csv / failures.csv from the committed chunk files (drops torn appends)."""
     paths, name = ctx.source.paths, ctx.config.method
-    records.write_csv_atomic(ctx.out("metrics.csv"), records.METRIC_COLUMNS,
-                             [r for c in chunks for r in records.metric_rows(c, paths, name)])
-    records.write_csv_atomic(ctx.out("failures.csv"), records.FAILURE_COLUMNS,
-                             [r for c in chunks for r in records.failure_rows(c, paths)])
+    records.write_csv_atomic(
+        ctx.out("metrics.csv"),
+        records.METRIC_COLUMNS,
+        [r for c in chunks for r in records.metric_rows(c, paths, name)],
+    )
+    records.write_csv_atomic(
+        ctx.out("failures.csv"),
+        records.FAILURE_COLUMNS,
+        [r for c in chunks for r in records.failure_rows(c, paths)],
+    )
 
 
 def write_latents(ctx: Context, chunks: list[dict]) -> None:
@@ -476,59 +593,40 @@ def write_latents(ctx: Context, chunks: list[dict]) -> None:
     keep = ids >= 0
     order = np.argsort(ids[keep], kind="stable")
     cat = lambda k: np.concatenate([c[k] for c in chunks])[keep][order]
-    records.save_npz_atomic(ctx.out("latents.npz"), ids=ids[keep][order], latents=cat("latent"),
-                            status=cat("status"))
+    atomic.write_npz(
+        ctx.out("latents.npz"), ids=ids[keep][order], latents=cat("latent"), status=cat("status")
+    )
 
 
 def write_summary(ctx: Context, chunks: list[dict], wall: float, session_images: int) -> dict:
     cfg = json.loads(ctx.config.to_json_best_effort())
     summary = {
-        "aggregates": records.aggregate(chunks), "total_items": len(ctx.source),
+        "aggregates": records.aggregate(chunks),
+        "total_items": len(ctx.source),
         "complete": len(ctx.manifest.done_ids()) == len(ctx.source),
-        "chunks": len(ctx.manifest.chunks), "method": ctx.method.name,
-        "generator": ctx.config.generator, "source": ctx.source.describe(),
-        "config": cfg, "method_config": json.loads(ctx.mcfg.to_json_best_effort()),
-        "versions": reporting.versions(), "platform": jax.default_backend(),
-        "device_count": len(ctx.global_devices), "process_count": ctx.nproc,
-        "local_device_count": len(ctx.devices), "chunk_size": ctx.chunk_size,
-        "this_session": {"wall_seconds": round(wall, 3), "images": session_images,
-                         "images_per_second": session_images / wall if wall > 0 else None}}
-    manifest_lib.write_json_atomic(ctx.out("summary.json"), summary)
+        "chunks": len(ctx.manifest.chunks),
+        "method": ctx.method.name,
+        "generator": ctx.config.generator,
+        "source": ctx.source.describe(),
+        "config": cfg,
+        "method_config": json.loads(ctx.mcfg.to_json_best_effort()),
+        "versions": reporting.versions(),
+        "platform": jax.default_backend(),
+        "device_count": len(ctx.global_devices),
+        "process_count": ctx.nproc,
+        "local_device_count": len(ctx.devices),
+        "chunk_size": ctx.chunk_size,
+        "this_session": {
+            "wall_seconds": round(wall, 3),
+            "images": session_images,
+            "images_per_second": session_images / wall if wall > 0 else None,
+        },
+    }
+    atomic.write_json(ctx.out("summary.json"), summary)
     return summary
 
 
 # ----------------------------------------------------------------------------- driver
-
-
-class StopOnSigterm:
-    """SIGTERM (preemption, scancel, a TPU VM shutting down) finishes and commits the chunk in
-    flight, then stops: no work is lost. The previous handler is restored on exit."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        logging.warning("invert: SIGTERM: stopping after the chunk in flight is committed")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-_SIGTERM = StopOnSigterm()
-
-
-def stop_requested(ctx: Context) -> bool:
-    """Whether any process got SIGTERM (all processes must stop after the same chunk)."""
-    flag = np.asarray([_SIGTERM.requested], np.bool_)
-    return bool(gather(ctx, {"stop": flag})["stop"].any())
 
 
 def cleanup_partial(workdir: str) -> None:
@@ -552,12 +650,14 @@ def plan(ctx: Context) -> list[list[int]]:
     done[list(ctx.manifest.done_ids())] = True
     if ctx.nproc > 1:
         from jax.experimental import multihost_utils
+
         done = np.asarray(multihost_utils.broadcast_one_to_all(done))
-    return manifest_lib.plan_chunks(len(ctx.source), set(np.flatnonzero(done).tolist()),
-                                    ctx.chunk_size)
+    return manifest_lib.plan_chunks(
+        len(ctx.source), set(np.flatnonzero(done).tolist()), ctx.chunk_size
+    )
 
 
-def execute(ctx: Context) -> dict:
+def execute(ctx: Context, preempt: preemption.Preemption) -> dict:
     t_start = time.perf_counter()
     views = []
     if ctx.pid == 0:
@@ -568,36 +668,58 @@ def execute(ctx: Context) -> dict:
             views = committed_chunks(ctx)
             rebuild_views(ctx, views)
         except OSError as e:
-            raise JobError(f"cannot prepare the workdir: {e.filename or ctx.workdir} "
-                           f"({e.strerror or e})") from None
+            raise JobError(
+                f"cannot prepare the workdir: {e.filename or ctx.workdir} ({e.strerror or e})"
+            ) from None
     barrier(ctx, "ganinv-invert-setup")
     chunks = plan(ctx)
     total = len(ctx.source)
     progress = reporting.Progress(total, total - sum(len(c) for c in chunks))
-    logging.info("invert: %d items, %d already done, %d chunks of %d to go (method %s, %d "
-                 "devices, %d processes)", total, progress.done, len(chunks), ctx.chunk_size,
-                 ctx.method.name, len(ctx.global_devices), ctx.nproc)
-    failed = sum(int(np.isin(c["status"], (records.FAILED, records.BAD_INPUT)).sum())
-                 for c in views) if ctx.pid == 0 else 0
+    logging.info(
+        "invert: %d items, %d already done, %d chunks of %d to go (method %s, %d "
+        "devices, %d processes)",
+        total,
+        progress.done,
+        len(chunks),
+        ctx.chunk_size,
+        ctx.method.name,
+        len(ctx.global_devices),
+        ctx.nproc,
+    )
+    failed = (
+        sum(int(np.isin(c["status"], (records.FAILED, records.BAD_INPUT)).sum()) for c in views)
+        if ctx.pid == 0
+        else 0
+    )
     writer = reporting.make_writer(ctx.out("tensorboard"), ctx.pid == 0)
     try:
-        run_chunks(ctx, chunks, writer, progress, failed)
+        run_chunks(ctx, chunks, writer, progress, failed, preempt)
     finally:
-        writer.close()      # also on errors: the event file must not stay open
+        writer.close()  # also on errors: the event file must not stay open
     summary = {}
     if ctx.pid == 0:
         try:
-            summary = finish(ctx, time.perf_counter() - t_start,
-                             progress.done - progress.start_done)
+            summary = finish(
+                ctx, time.perf_counter() - t_start, progress.done - progress.start_done
+            )
         except OSError as e:
-            raise JobError(f"cannot write {e.filename or 'the final reports'} ({e.strerror or e})"
-                           "; every chunk is committed: free space and rerun to write the "
-                           "reports") from None
+            raise JobError(
+                f"cannot write {e.filename or 'the final reports'} ({e.strerror or e})"
+                "; every chunk is committed: free space and rerun to write the "
+                "reports"
+            ) from None
     barrier(ctx, "ganinv-invert-end")
     return summary
 
 
-def run_chunks(ctx: Context, chunks, writer, progress: reporting.Progress, failed: int) -> None:
+def run_chunks(
+    ctx: Context,
+    chunks,
+    writer,
+    progress: reporting.Progress,
+    failed: int,
+    preempt: preemption.Preemption,
+) -> None:
     total = len(ctx.source)
     # Decoding of chunk k+1 (files, arrays, TFDS) overlaps the inversion of chunk k.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode") as prefetch:
@@ -612,10 +734,12 @@ def run_chunks(ctx: Context, chunks, writer, progress: reporting.Progress, faile
             if ctx.pid == 0:
                 reporting.report_chunk(writer, progress.done, full, grid)
                 logging.info("%s", line)
-            if k + 1 < len(chunks) and stop_requested(ctx):
-                raise SystemExit(f"invert: stopped by SIGTERM after {manifest_lib.chunk_name(chunk)}"
-                                 f" ({progress.done}/{total} images done); rerun the same "
-                                 "command to resume")
+            if k + 1 < len(chunks) and preempt.should_stop():  # same answer on every process
+                raise SystemExit(
+                    f"invert: stopped by SIGTERM after "
+                    f"{manifest_lib.chunk_name(chunk)} ({progress.done}/{total} "
+                    "images done); rerun the same command to resume"
+                )
 
 
 def finish(ctx: Context, wall: float, session_images: int) -> dict:
@@ -632,22 +756,20 @@ def finish(ctx: Context, wall: float, session_images: int) -> dict:
 
 def run(config, workdir: str, devices: Optional[Sequence] = None) -> dict:
     """Entry point of task 'invert'. Problems the user must fix exit with one line."""
-    try:
+    with errors.exit_on_user_error("invert"):
         ctx = prepare(config, workdir, devices)
-    except (JobError, sources.SourceError, methods_lib.MethodError,
-            manifest_lib.ResumeMismatch) as e:
-        raise SystemExit(f"invert: error: {e}") from None
-    try:
-        _SIGTERM.requested = False
-        with _SIGTERM:
-            return execute(ctx)
-    except JobError as e:
-        raise SystemExit(f"invert: error: {e}") from None
+        # SIGTERM (preemption, scancel, a TPU VM shutting down) finishes and commits the chunk
+        # in flight, then every process stops after that same chunk: no work is lost.
+        with preemption.Preemption(
+            message="invert: stopping after the chunk in flight is committed"
+        ) as preempt:
+            return execute(ctx, preempt)
 
 
 def load_tuned(workdir: str, image_id: int):
     """The tuned generator delta (PTI/Clone) or GMM params of one image, from the workdir."""
     from ganinv_jax import checkpointing
+
     with open(os.path.join(workdir, manifest_lib.MANIFEST)) as f:
         chunks = json.load(f)["chunks"]
     for c in chunks:

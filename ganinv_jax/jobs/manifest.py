@@ -9,38 +9,22 @@ Chunks are fixed-size groups of the not-yet-finished ids in id order. With an un
 size that reproduces the original chunks exactly (finished chunks are whole), so a resumed
 run computes every image in the same batch it would have had without the interruption.
 """
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Sequence
-
-import numpy as np
+from typing import Iterable, Sequence
 
 from ganinv_jax import atomic
+from ganinv_jax.errors import UserError
 
 MANIFEST = "manifest.json"
 VERSION = 1
 
 
-class ResumeMismatch(ValueError):
+class ResumeMismatch(UserError, ValueError):
     """The workdir holds a run with different settings or inputs."""
-
-
-def write_json_atomic(path: str, obj: Any, compact: bool = False) -> None:
-    """Replace `path` with `obj` as JSON: temporary file, fsync, rename (never half-written)."""
-    layout = {"separators": (",", ":")} if compact else {"indent": 1}
-    with atomic.atomic_open(path, "w") as f:
-        json.dump(obj, f, sort_keys=True, default=_json_default, **layout)
-        f.write("\n")
-
-
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
 
 
 def ranges(ids: Iterable[int]) -> list[list[int]]:
@@ -63,7 +47,7 @@ def plan_chunks(total: int, done: set, chunk_size: int) -> list[list[int]]:
     if chunk_size <= 0:
         raise ValueError(f"chunk size must be positive, got {chunk_size}")
     todo = [i for i in range(total) if i not in done]
-    return [todo[k:k + chunk_size] for k in range(0, len(todo), chunk_size)]
+    return [todo[k : k + chunk_size] for k in range(0, len(todo), chunk_size)]
 
 
 def chunk_name(ids: Sequence[int]) -> str:
@@ -90,8 +74,9 @@ class Manifest:
             with open(m.path) as f:
                 data = json.load(f)
         except (OSError, ValueError) as e:
-            raise ResumeMismatch(f"{m.path}: unreadable manifest ({e}); use a new --workdir") \
-                from None
+            raise ResumeMismatch(
+                f"{m.path}: unreadable manifest ({e}); use a new --workdir"
+            ) from None
         if data.get("version") != VERSION:
             raise ResumeMismatch(f"{m.path}: manifest version {data.get('version')} != {VERSION}")
         old = data.get("run", {})
@@ -100,7 +85,8 @@ class Manifest:
             k = diff[0]
             raise ResumeMismatch(
                 f"workdir already holds a run with different {', '.join(diff)} "
-                f"({k}: {old.get(k)!r} -> {run.get(k)!r}); use a new --workdir or the old settings")
+                f"({k}: {old.get(k)!r} -> {run.get(k)!r}); use a new --workdir or the old settings"
+            )
         m.chunks = data.get("chunks", [])
         return m
 
@@ -113,8 +99,8 @@ class Manifest:
     def commit_chunk(self, entry: dict) -> None:
         """Record one finished chunk (its outputs must already be on disk)."""
         self.chunks.append(entry)
-        try:   # compact: the file is rewritten once per chunk
-            write_json_atomic(self.path, self.to_json(), compact=True)
+        try:  # compact: the file is rewritten once per chunk
+            atomic.write_json(self.path, self.to_json(), compact=True)
         except BaseException:
-            self.chunks.pop()   # the file still holds the previous, consistent manifest
+            self.chunks.pop()  # the file still holds the previous, consistent manifest
             raise

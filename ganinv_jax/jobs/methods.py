@@ -1,41 +1,29 @@
 """Which inversion method `config.method` names, and the method config the engine gets.
 
-Methods live in `ganinv_jax.inversion.<name>` as a `METHOD` (`inversion.base.Method`).
+Methods are registered in `ganinv_jax.inversion.METHODS` (`inversion.base.Method`s).
 `config.<name>` (a sub-config in configs/stylegan2.py) overrides the method's own defaults, and the
 contract key `config.steps` sets the method's `num_steps` (its schedule horizon) as well as the
 engine's iteration cap, so the two can never disagree.
 """
-from __future__ import annotations
 
-import importlib
+from __future__ import annotations
 
 import ml_collections
 
-KNOWN = ("latent_opt", "pti", "clone", "gmm")
-_REGISTERED: dict = {}   # extra methods (tests); never consulted for the KNOWN names
+from ganinv_jax.errors import UserError
 
 
-class MethodError(ValueError):
+class MethodError(UserError, ValueError):
     pass
 
 
-def register(method) -> None:
-    """Make an extra `Method` selectable by its name (used by tests for toy methods)."""
-    if method.name in KNOWN:
-        raise MethodError(f"{method.name!r} is a built-in method name")
-    _REGISTERED[method.name] = method
-
-
 def get(name: str):
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    if name not in KNOWN:
-        raise MethodError(f"config.method={name!r}: choose one of {', '.join(KNOWN)}")
-    try:
-        module = importlib.import_module(f"ganinv_jax.inversion.{name}")
-    except ImportError as e:
-        raise MethodError(f"config.method={name!r}: not available in this build ({e})") from None
-    return module.METHOD
+    """The registered method `name` (`ganinv_jax.inversion.METHODS`)."""
+    from ganinv_jax import inversion
+
+    if name not in inversion.METHODS:
+        raise MethodError(f"config.method={name!r}: choose one of {', '.join(inversion.METHODS)}")
+    return inversion.METHODS[name]
 
 
 def method_config(config, method) -> ml_collections.ConfigDict:
@@ -45,8 +33,10 @@ def method_config(config, method) -> ml_collections.ConfigDict:
     if overrides is not None:
         for key, value in overrides.items():
             if key not in cfg:
-                raise MethodError(f"config.{method.name}.{key}: not a {method.name} setting "
-                                  f"(known: {', '.join(sorted(cfg.keys()))})")
+                raise MethodError(
+                    f"config.{method.name}.{key}: not a {method.name} setting "
+                    f"(known: {', '.join(sorted(cfg.keys()))})"
+                )
             cfg[key] = value
     if "num_steps" in cfg:
         cfg.num_steps = int(config.steps)

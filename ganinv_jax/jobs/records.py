@@ -5,6 +5,7 @@ chunk enters the manifest). `metrics.csv` and `failures.csv` are views: rows are
 chunks commit, and at start-up they are rebuilt from the committed chunk files, so a kill in the
 middle of an append never leaves a torn or duplicated row behind.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,13 +19,28 @@ from ganinv_jax import atomic
 
 # Per-image status codes (chunk files) and their names (metrics.csv).
 CONVERGED, MAX_STEPS, FAILED, BAD_INPUT, EMPTY = 0, 1, 2, 3, -1
-STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", FAILED: "failed",
-                BAD_INPUT: "bad_input"}
+STATUS_NAMES = {
+    CONVERGED: "converged",
+    MAX_STEPS: "max_steps",
+    FAILED: "failed",
+    BAD_INPUT: "bad_input",
+}
 OK_STATUSES = (CONVERGED, MAX_STEPS)
-REASON_BYTES = 240   # reasons travel between hosts as fixed-size uint8 rows
+REASON_BYTES = 240  # reasons travel between hosts as fixed-size uint8 rows
 
-METRIC_COLUMNS = ("id", "path", "method", "mse", "psnr", "ssim", "ms_ssim", "lpips",
-                  "iterations", "seconds", "status")
+METRIC_COLUMNS = (
+    "id",
+    "path",
+    "method",
+    "mse",
+    "psnr",
+    "ssim",
+    "ms_ssim",
+    "lpips",
+    "iterations",
+    "seconds",
+    "status",
+)
 FAILURE_COLUMNS = ("id", "path", "reason")
 METRIC_KEYS = ("mse", "psnr", "ssim", "ms_ssim", "lpips")
 
@@ -33,17 +49,12 @@ def encode_reasons(reasons: Sequence[str]) -> np.ndarray:
     out = np.zeros((len(reasons), REASON_BYTES), np.uint8)
     for i, r in enumerate(reasons):
         b = r.encode("utf-8", "replace")[:REASON_BYTES]
-        out[i, :len(b)] = np.frombuffer(b, np.uint8)
+        out[i, : len(b)] = np.frombuffer(b, np.uint8)
     return out
 
 
 def decode_reason(row: np.ndarray) -> str:
     return bytes(np.asarray(row, np.uint8)).rstrip(b"\0").decode("utf-8", "replace")
-
-
-def save_npz_atomic(path: str, **arrays) -> None:
-    with atomic.atomic_open(path, "wb", suffix=".npz") as f:
-        np.savez(f, **arrays)
 
 
 # What the CSVs and the summary need: everything but the (large) latents and extras.
@@ -71,10 +82,15 @@ def metric_rows(chunk: dict, paths: Sequence[str], method: str) -> list[list[str
             continue
         i = int(chunk["ids"][j])
         # a chunk written before a metric existed (a resumed older run) reports it as nan
-        rows.append([str(i), paths[i], method]
-                    + [_fmt(chunk[k][j]) if k in chunk else "nan" for k in METRIC_KEYS]
-                    + [str(int(chunk["iterations"][j])), f"{float(chunk['seconds'][j]):.3f}",
-                       STATUS_NAMES[status]])
+        rows.append(
+            [str(i), paths[i], method]
+            + [_fmt(chunk[k][j]) if k in chunk else "nan" for k in METRIC_KEYS]
+            + [
+                str(int(chunk["iterations"][j])),
+                f"{float(chunk['seconds'][j]):.3f}",
+                STATUS_NAMES[status],
+            ]
+        )
     return rows
 
 
@@ -111,19 +127,23 @@ def read_csv(path: str) -> list[dict]:
 
 
 def aggregate(chunks: Sequence[dict]) -> dict:
-    """Counts by status and mean/median metrics over the successfully inverted images."""
+    """Counts by status, and `losses.metrics.summarize` statistics (mean, std, min, max,
+    percentiles) of each metric over the successfully inverted images."""
+    from ganinv_jax.losses.metrics import summarize
+
     if not chunks:
         return {"images": 0}
     status = np.concatenate([c["status"] for c in chunks])
     keep = status != EMPTY
     status = status[keep]
     ok = np.isin(status, OK_STATUSES)
-    out = {"images": int(keep.sum()),
-           "counts": {name: int((status == code).sum()) for code, name in STATUS_NAMES.items()}}
+    out = {
+        "images": int(keep.sum()),
+        "counts": {name: int((status == code).sum()) for code, name in STATUS_NAMES.items()},
+    }
     for k in METRIC_KEYS + ("iterations", "seconds"):
-        v = np.concatenate([c[k] if k in c else np.full(c["status"].shape, np.nan)
-                            for c in chunks])[keep][ok].astype(np.float64)
-        v = v[np.isfinite(v)]
-        out[k] = ({"mean": float(v.mean()), "median": float(np.median(v)),
-                   "min": float(v.min()), "max": float(v.max())} if v.size else None)
+        v = np.concatenate(
+            [c[k] if k in c else np.full(c["status"].shape, np.nan) for c in chunks]
+        )[keep][ok].astype(np.float64)
+        out[k] = summarize(v) if np.isfinite(v).any() else None
     return out

@@ -1,45 +1,39 @@
 """Reporting of the invert job: progress line, TensorBoard, versions, the final summary line."""
+
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
-import time
 from typing import Optional
 
 import jax
 import numpy as np
 from absl import logging
 
+from ganinv_jax import progress as progress_lib
 from ganinv_jax.jobs import records
 
 
-class Progress:
-    """images done/total, images/s over this session, ETA."""
+class Progress(progress_lib.Progress):
+    """The invert job's progress line: images done/total, images/s over this session, ETA
+    (`ganinv_jax.progress`), and the failures so far."""
 
-    def __init__(self, total: int, done: int):
-        self.total, self.done, self.start_done = total, done, done
-        self.t0 = time.perf_counter()
+    def __init__(self, total: int, done: int, **kwargs):
+        super().__init__(total, done, unit="images", **kwargs)
 
     def update(self, n: int, failed: int) -> str:
-        self.done += n
-        elapsed = time.perf_counter() - self.t0
-        rate = (self.done - self.start_done) / max(elapsed, 1e-9)
-        left = self.total - self.done
-        eta = left / rate if rate > 0 else float("inf")
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
-        return (f"invert: {self.done}/{self.total} images ({100.0 * self.done / self.total:.1f}%)"
-                f" | {rate:.2f} images/s | ETA {eta_s} | failed so far {failed}")
-
-    def rate(self) -> float:
-        return (self.done - self.start_done) / max(time.perf_counter() - self.t0, 1e-9)
+        self.advance(n)
+        return f"invert: {self.line()} | failed so far {failed}"
 
 
 def make_writer(logdir: str, is_writer: bool):
     """clu writer: TensorBoard (+ log lines) on the writing process, log lines elsewhere."""
     from clu import metric_writers
-    return metric_writers.create_default_writer(logdir, just_logging=not is_writer,
-                                                asynchronous=False)
+
+    return metric_writers.create_default_writer(
+        logdir, just_logging=not is_writer, asynchronous=False
+    )
 
 
 def report_chunk(writer, step: int, full: dict, grid: Optional[np.ndarray]) -> None:
@@ -64,15 +58,24 @@ def report_chunk(writer, step: int, full: dict, grid: Optional[np.ndarray]) -> N
 def versions() -> dict:
     import flax
     import optax
-    out = {"python": platform.python_version(), "jax": jax.__version__,
-           "jaxlib": getattr(jax.lib, "__version__", None) or _pkg_version("jaxlib"),
-           "flax": flax.__version__, "optax": optax.__version__,
-           "orbax_checkpoint": _pkg_version("orbax-checkpoint"), "numpy": np.__version__}
+
+    out = {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": getattr(jax.lib, "__version__", None) or _pkg_version("jaxlib"),
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "orbax_checkpoint": _pkg_version("orbax-checkpoint"),
+        "numpy": np.__version__,
+    }
     try:
         repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        out["ganinv_jax_commit"] = subprocess.run(
-            ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
-            timeout=5).stdout.strip() or None
+        out["ganinv_jax_commit"] = (
+            subprocess.run(
+                ["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         out["ganinv_jax_commit"] = None
     return out
@@ -80,6 +83,7 @@ def versions() -> dict:
 
 def _pkg_version(name: str) -> Optional[str]:
     from importlib import metadata
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -91,7 +95,8 @@ def done_line(summary: dict, workdir: str) -> str:
     a = summary["aggregates"]
     counts = a.get("counts", {})
     ok = counts.get("converged", 0) + counts.get("max_steps", 0)
-    means = " ".join(f"{k.upper()} {a[k]['mean']:.4g}" for k in records.METRIC_KEYS
-                     if a.get(k))
-    return (f"invert: done: {a.get('images', 0)} images ({ok} ok, {counts.get('failed', 0)} "
-            f"failed, {counts.get('bad_input', 0)} bad input) | mean {means or '-'} | -> {workdir}")
+    means = " ".join(f"{k.upper()} {a[k]['mean']:.4g}" for k in records.METRIC_KEYS if a.get(k))
+    return (
+        f"invert: done: {a.get('images', 0)} images ({ok} ok, {counts.get('failed', 0)} "
+        f"failed, {counts.get('bad_input', 0)} bad input) | mean {means or '-'} | -> {workdir}"
+    )

@@ -2,6 +2,7 @@
 
 Writes `samples.png` (grid) and `samples.npz` (z, ws, images in [-1, 1]) to the workdir.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from ganinv_jax import imageio, pretrained
+from ganinv_jax import atomic, pretrained
+from ganinv_jax.data import images as image_io
 
 
 def run(config, workdir: str) -> None:
@@ -23,13 +25,17 @@ def run(config, workdir: str) -> None:
     if gan.config.c_dim:
         labels = np.arange(cfg.num) % gan.config.c_dim
         c = jax.nn.one_hot(labels, gan.config.c_dim)
-    ws = jax.jit(gan.mapping, static_argnames="truncation_psi")(z, c, truncation_psi=cfg.truncation_psi)
+    ws = jax.jit(gan.mapping, static_argnames="truncation_psi")(
+        z, c, truncation_psi=cfg.truncation_psi
+    )
     images = jax.jit(gan.synthesis, static_argnames="noise_mode")(
-        ws, noise_mode=cfg.noise_mode, key=noise_key)
+        ws, noise_mode=cfg.noise_mode, key=noise_key
+    )
     images = np.asarray(images)
-    grid = imageio.make_grid(images, ncols=int(np.ceil(np.sqrt(cfg.num))))
+    grid = image_io.make_grid(images, ncols=int(np.ceil(np.sqrt(cfg.num))))
     if jax.process_index() == 0:
-        imageio.save_png(os.path.join(workdir, "samples.png"), grid)
-        np.savez(os.path.join(workdir, "samples.npz"), z=np.asarray(z), ws=np.asarray(ws),
-                 images=images)
+        image_io.save_png(os.path.join(workdir, "samples.png"), grid)
+        atomic.write_npz(
+            os.path.join(workdir, "samples.npz"), z=np.asarray(z), ws=np.asarray(ws), images=images
+        )
     logging.info("wrote %d samples to %s", cfg.num, os.path.join(workdir, "samples.png"))

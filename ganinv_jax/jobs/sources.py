@@ -7,151 +7,38 @@ Listing is cheap and done by every host; decoding is per item, so each host deco
 items of its shard. Bad items never raise out of `load_prepared`: they come back as
 `(None, reason)` and the job records them in failures.csv.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import hashlib
 import importlib
 import os
-import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-BUNDLED_SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "assets", "samples", "fashion_mnist_test16.npz")
-_FLOAT_TOL = 1e-3   # float arrays must lie in [-1 - tol, 1 + tol]
+# Decoding and preprocessing live in the one image I/O layer; re-exported for the job's callers.
+from ganinv_jax.data.images import (
+    IMAGE_EXTS,
+    ItemError,
+    Preprocess,
+    decode_file,  # noqa: F401
+    list_folder,
+    prepare_array,
+)
+from ganinv_jax.errors import UserError
+
+BUNDLED_SAMPLE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "assets",
+    "samples",
+    "fashion_mnist_test16.npz",
+)
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """The input as a whole is unusable (missing, wrong shape, unknown dataset): fail fast."""
-
-
-class ItemError(Exception):
-    """One item is unusable; the message is the reason recorded in failures.csv."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocess:
-    """How any input becomes an image of G: `resolution`² px, `channels` (1 or 3)."""
-    resolution: int
-    channels: int
-    resize_mode: str = "crop"        # 'crop': scale shorter side + center crop; 'pad': center pad
-    background: int = 0              # gray level that alpha is composited over (and pad fill)
-    max_pixels: int = 50_000_000     # decompression-bomb cap (header size, before decoding)
-    align: Optional[Callable[[Image.Image], Optional[Image.Image]]] = None
-
-
-# ----------------------------------------------------------------------------- conversions
-
-
-def _to_gray_or_rgb(im: Image.Image, channels: int, background: int) -> Image.Image:
-    """Any PIL mode -> 'L' or 'RGB'. Alpha is composited over `background`; 16/32-bit and float
-    modes are rescaled from their value range (PIL's convert would clip them)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(np.rint(a / hi * 255.0), 0, 255).astype(np.uint8), "L")
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (background,) * 3 + (255,))
-        im = Image.alpha_composite(bg, rgba)
-    return im.convert("RGB" if channels == 3 else "L")
-
-
-def _fit(im: Image.Image, pre: Preprocess) -> Image.Image:
-    res = pre.resolution
-    w, h = im.size
-    if pre.resize_mode == "pad" and w <= res and h <= res:
-        canvas = Image.new(im.mode, (res, res), (pre.background,) * len(im.getbands())
-                           if len(im.getbands()) > 1 else pre.background)
-        canvas.paste(im, ((res - w) // 2, (res - h) // 2))
-        return canvas
-    s = min(w, h)   # crop first: an absurd aspect ratio never gets resized at full length
-    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    return im if s == res else im.resize((res, res), Image.LANCZOS)
-
-
-def _finish(im: Image.Image, pre: Preprocess) -> np.ndarray:
-    """PIL image (any mode/size) -> float32 [res, res, channels] in [-1, 1]."""
-    im = _to_gray_or_rgb(im, pre.channels, pre.background)
-    if pre.align is not None:
-        aligned = pre.align(im)
-        if aligned is None:
-            raise ItemError("alignment hook found nothing to align (e.g. no face)")
-        im = _to_gray_or_rgb(aligned, pre.channels, pre.background)
-    arr = np.asarray(_fit(im, pre), np.uint8)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    return arr.astype(np.float32) / 127.5 - 1.0
-
-
-def decode_file(path: str, pre: Preprocess) -> np.ndarray:
-    """One image file -> float32 [res, res, C] in [-1, 1]; raises ItemError with the reason."""
-    try:
-        size = os.path.getsize(path)
-    except OSError as e:
-        raise ItemError(f"cannot stat file ({e.strerror})") from None
-    if size == 0:
-        raise ItemError("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > pre.max_pixels or w <= 0 or h <= 0:
-                    raise ItemError(f"image too large: {w}x{h} = {w * h} px > cap "
-                                    f"{pre.max_pixels} (data.max_pixels)")
-                if getattr(im, "n_frames", 1) > 1:
-                    im.seek(0)   # animated GIF/WebP: first frame
-                im.load()        # truncated files fail here, not later
-                im = ImageOps.exif_transpose(im)
-                return _finish(im, pre)
-    except ItemError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise ItemError("not a recognized image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ItemError(f"decompression bomb refused ({e})") from None
-    except MemoryError:
-        raise ItemError("out of memory decoding the image") from None
-    except Exception as e:  # noqa: BLE001 -- truncated/corrupt data surfaces as many types
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise ItemError(f"corrupt or truncated image ({type(e).__name__}: {msg})") from None
-
-
-def prepare_array(x: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """One array image (uint8 [H,W,C]/[H,W] or float in [-1, 1]) -> float32 [res, res, C]."""
-    x = np.asarray(x)
-    if x.ndim == 2:
-        x = x[..., None]
-    if x.ndim != 3 or x.shape[-1] not in (1, 3, 4):
-        raise ItemError(f"expected an [H, W, 1|3|4] image, got shape {x.shape}")
-    if x.dtype == np.uint8:
-        u8 = x
-    elif np.issubdtype(x.dtype, np.floating):
-        if not np.all(np.isfinite(x)):
-            raise ItemError("non-finite values in float image")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1 - _FLOAT_TOL or hi > 1 + _FLOAT_TOL:
-            raise ItemError(f"float image outside [-1, 1] (min {lo:.3g}, max {hi:.3g})")
-        fast = (x.shape[0] == x.shape[1] == pre.resolution and x.shape[-1] == pre.channels
-                and pre.align is None)
-        if fast:   # exact: no 8-bit round trip for arrays already in G's format
-            return np.clip(x, -1.0, 1.0).astype(np.float32)
-        u8 = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    else:
-        raise ItemError(f"unsupported dtype {x.dtype} (want uint8 or float in [-1, 1])")
-    if u8.shape[0] == u8.shape[1] == pre.resolution and u8.shape[-1] == pre.channels \
-            and pre.align is None:
-        return u8.astype(np.float32) / 127.5 - 1.0
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[u8.shape[-1]]
-    return _finish(Image.fromarray(u8[..., 0] if mode == "L" else u8, mode), pre)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -159,6 +46,7 @@ def prepare_array(x: np.ndarray, pre: Preprocess) -> np.ndarray:
 
 class Source:
     """A deterministic list of items. Subclasses define `paths` and `_load(i)`."""
+
     kind = "source"
     paths: Sequence[str] = ()
 
@@ -200,20 +88,10 @@ class Source:
             return list(pool.map(lambda i: self.load_prepared(i, pre), ids))
 
 
-def list_folder(folder: str) -> list[str]:
-    """All non-hidden regular files under `folder`, recursively, sorted by relative path."""
-    out = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for f in files:
-            if not f.startswith("."):
-                out.append(os.path.relpath(os.path.join(root, f), folder))
-    return sorted(out)
-
-
 class FolderSource(Source):
     """Every non-hidden file under a folder gets an id; files that are not images (by extension
     or by content) become failures, so nothing in the folder is silently ignored."""
+
     kind = "folder"
 
     def __init__(self, folder: str, limit: int = 0):
@@ -231,8 +109,10 @@ class FolderSource(Source):
     def _load(self, i, pre):
         rel = self.paths[i]
         if not rel.lower().endswith(IMAGE_EXTS):
-            raise ItemError(f"not an image file extension ({os.path.splitext(rel)[1] or 'none'}; "
-                            f"supported: {' '.join(IMAGE_EXTS)})")
+            raise ItemError(
+                f"not an image file extension ({os.path.splitext(rel)[1] or 'none'}; "
+                f"supported: {' '.join(IMAGE_EXTS)})"
+            )
         return decode_file(os.path.join(self.folder, rel), pre)
 
 
@@ -242,7 +122,7 @@ def _to_nhwc(arr: np.ndarray, where: str) -> np.ndarray:
     if arr.ndim != 4:
         raise SourceError(f"{where}: expected images [N, H, W(, C)], got shape {arr.shape}")
     if arr.shape[-1] not in (1, 3, 4) and arr.shape[1] in (1, 3, 4):
-        return np.transpose(arr, (0, 2, 3, 1))   # NCHW (e.g. saved from PyTorch)
+        return np.transpose(arr, (0, 2, 3, 1))  # NCHW (e.g. saved from PyTorch)
     if arr.shape[-1] not in (1, 3, 4):
         raise SourceError(f"{where}: channel axis must have 1, 3 or 4 entries, shape {arr.shape}")
     return arr
@@ -251,6 +131,7 @@ def _to_nhwc(arr: np.ndarray, where: str) -> np.ndarray:
 class ArraySource(Source):
     """An .npy (memory-mapped: each host reads only its rows) or .npz (key `data.array_key`, or
     'images', or its only array) of uint8 [N,H,W,C] or float in [-1, 1]; [N,H,W] and NCHW too."""
+
     kind = "array"
 
     def __init__(self, path: str, limit: int = 0, key: str = "", label: str = ""):
@@ -263,17 +144,21 @@ class ArraySource(Source):
             else:
                 with np.load(path, allow_pickle=False) as z:
                     keys = list(z.keys())
-                    pick = key or ("images" if "images" in keys else
-                                   (keys[0] if len(keys) == 1 else ""))
+                    pick = key or (
+                        "images" if "images" in keys else (keys[0] if len(keys) == 1 else "")
+                    )
                     if pick not in keys:
-                        raise SourceError(f"data.path {path!r}: say which array with "
-                                          f"--config.data.array_key (one of {keys})")
+                        raise SourceError(
+                            f"data.path {path!r}: say which array with "
+                            f"--config.data.array_key (one of {keys})"
+                        )
                     arr = z[pick]
         except SourceError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise SourceError(f"data.path {path!r}: cannot read array file "
-                              f"({type(e).__name__}: {e})") from None
+            raise SourceError(
+                f"data.path {path!r}: cannot read array file ({type(e).__name__}: {e})"
+            ) from None
         if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
             raise SourceError(f"data.path {path!r}: dtype {arr.dtype}; want uint8 or float")
         arr = _to_nhwc(arr, f"data.path {path!r}")
@@ -291,14 +176,17 @@ class ArraySource(Source):
 class TfdsSource(Source):
     """A TFDS split read with download=False. Fashion-MNIST falls back to the Debian idx files
     (`ganinv_jax.data`) when no prepared TFDS copy exists, so it works offline."""
+
     kind = "tfds"
 
-    def __init__(self, name: str, split: str, limit: int = 0, data_dir: str = "",
-                 image_key: str = "image"):
+    def __init__(
+        self, name: str, split: str, limit: int = 0, data_dir: str = "", image_key: str = "image"
+    ):
         self.name, self.split, self.image_key = name, split, image_key
         self._array = None
         self._builder = None
-        import tensorflow_datasets as tfds   # heavy: only when asked for
+        import tensorflow_datasets as tfds  # heavy: only when asked for
+
         try:
             builder = tfds.builder(name, data_dir=data_dir or None)
             prepared = builder.is_prepared()
@@ -313,6 +201,7 @@ class TfdsSource(Source):
             self._builder = builder
         elif name in ("fashion_mnist", "fashion-mnist"):
             from ganinv_jax import data as data_lib
+
             try:
                 self._array, _ = data_lib.load_fashion_mnist(split, channels=1, with_labels=True)
             except (ValueError, data_lib.DatasetError) as e:
@@ -330,6 +219,7 @@ class TfdsSource(Source):
         if self._array is not None:
             return prepare_array(self._array[i], pre)
         import tensorflow_datasets as tfds
+
         ds = self._builder.as_dataset(split=f"{self.split}[{i}:{i + 1}]")
         (ex,) = list(tfds.as_numpy(ds))
         return prepare_array(ex[self.image_key], pre)
@@ -341,6 +231,7 @@ class TfdsSource(Source):
         lo, hi = min(ids), max(ids) + 1
         try:
             import tensorflow_datasets as tfds
+
             ds = self._builder.as_dataset(split=f"{self.split}[{lo}:{hi}]")
             rows = [ex[self.image_key] for ex in tfds.as_numpy(ds)]
         except Exception as e:  # noqa: BLE001 -- a corrupt shard fails its items, not the job

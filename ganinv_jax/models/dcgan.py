@@ -9,6 +9,7 @@ Same calling convention as `stylegan2.Generator/Discriminator`: `G.mapping(z)` -
 [N, 1, w_dim], `G.synthesis(ws)` -> images, `D(img, return_features=, return_w=)`,
 `D.infer_w(img)`. Only `params` variables (no buffers).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,7 @@ from ganinv_jax.models import layers as L
 @dataclasses.dataclass(frozen=True)
 class DCGANConfig:
     resolution: int = 32
-    channels: tuple[int, ...] = (128, 64, 32)     # widths at 4, 8, ..., resolution / 2
+    channels: tuple[int, ...] = (128, 64, 32)  # widths at 4, 8, ..., resolution / 2
     z_dim: int = 64
     w_dim: int = 64
     img_channels: int = 3
@@ -36,8 +37,9 @@ class DCGANConfig:
         if self.resolution < 8 or 2 ** (n + 2) != self.resolution:
             raise ValueError(f"resolution must be a power of two >= 8, got {self.resolution}")
         if len(self.channels) != n:
-            raise ValueError(f"channels needs {n} entries (4..{self.resolution // 2}), "
-                             f"got {len(self.channels)}")
+            raise ValueError(
+                f"channels needs {n} entries (4..{self.resolution // 2}), got {len(self.channels)}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -54,8 +56,10 @@ class Generator(nn.Module):
 
     def setup(self):
         c = self.cfg
-        self.fcs = [L.DenseLayer(c.w_dim, activation="lrelu", name=f"mapping_fc{i}")
-                    for i in range(c.mapping_layers)]
+        self.fcs = [
+            L.DenseLayer(c.w_dim, activation="lrelu", name=f"mapping_fc{i}")
+            for i in range(c.mapping_layers)
+        ]
         self.stem = nn.Dense(4 * 4 * c.channels[0], name="stem")
         outs = list(c.channels[1:]) + [c.channels[-1]]
         self.convs = [nn.Conv(o, (3, 3), padding=1, name=f"up{i}") for i, o in enumerate(outs)]
@@ -87,9 +91,10 @@ class Discriminator(nn.Module):
 
     def setup(self):
         c = self.cfg
-        ins = list(reversed(c.channels))     # widths at resolution/2, ..., 4
-        self.convs = [nn.Conv(o, (4, 4), strides=2, padding=1, name=f"down{i}")
-                      for i, o in enumerate(ins)]
+        ins = list(reversed(c.channels))  # widths at resolution/2, ..., 4
+        self.convs = [
+            nn.Conv(o, (4, 4), strides=2, padding=1, name=f"down{i}") for i, o in enumerate(ins)
+        ]
         self.logit = nn.Dense(1, name="logit")
         self.w_fc = nn.Dense(4 * c.w_dim, name="w_fc")
         self.w_out = nn.Dense(c.w_dim, name="w_out")

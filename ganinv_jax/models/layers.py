@@ -10,6 +10,7 @@ Parameter conventions (they are what the converters in `weights_convert/` fill):
     `[1, 3, 3, 1]`), normalised to sum 1, applied separably. Up-sampling by 2 multiplies
     by the gain 4 (= factor**2), exactly as both NVlabs and rosinality do.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,15 @@ DEFAULT_FIR = (1, 3, 3, 1)
 # ----------------------------------------------------------------------------- activations
 
 
-def bias_act(x: jax.Array, bias: Optional[jax.Array] = None, *, act: str = "lrelu",
-             gain: float = 1.0, clamp: Optional[float] = None, alpha: float = 0.2) -> jax.Array:
+def bias_act(
+    x: jax.Array,
+    bias: Optional[jax.Array] = None,
+    *,
+    act: str = "lrelu",
+    gain: float = 1.0,
+    clamp: Optional[float] = None,
+    alpha: float = 0.2,
+) -> jax.Array:
     """bias -> activation -> x gain -> clamp, as NVlabs' `bias_act` (channels last).
 
     For `act='lrelu'` the default gain of sqrt(2) is folded into `gain` by the caller
@@ -78,8 +86,15 @@ def _fir_1d(x: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
     return out
 
 
-def upfirdn2d(x: jax.Array, taps: np.ndarray, *, up: int = 1, down: int = 1,
-              pad: tuple[int, int] = (0, 0), gain: float = 1.0) -> jax.Array:
+def upfirdn2d(
+    x: jax.Array,
+    taps: np.ndarray,
+    *,
+    up: int = 1,
+    down: int = 1,
+    pad: tuple[int, int] = (0, 0),
+    gain: float = 1.0,
+) -> jax.Array:
     """Upsample (zero insertion) -> pad -> separable FIR -> downsample, NHWC.
 
     `pad` is (before, after), the same on both spatial axes, as in the reference ops.
@@ -95,7 +110,7 @@ def upfirdn2d(x: jax.Array, taps: np.ndarray, *, up: int = 1, down: int = 1,
     x = jnp.pad(x, ((0, 0), (max(p0, 0), max(p1, 0)), (max(p0, 0), max(p1, 0)), (0, 0)))
     if p0 < 0 or p1 < 0:  # negative padding crops, as upfirdn2d allows
         hh, ww = x.shape[1], x.shape[2]
-        x = x[:, max(-p0, 0): hh - max(-p1, 0), max(-p0, 0): ww - max(-p1, 0), :]
+        x = x[:, max(-p0, 0) : hh - max(-p1, 0), max(-p0, 0) : ww - max(-p1, 0), :]
     x = _fir_1d(x, taps, axis=1)
     x = _fir_1d(x, taps, axis=2)
     if gain != 1.0:
@@ -133,8 +148,9 @@ def conv_transpose2x(x: jax.Array, w: jax.Array) -> jax.Array:
     return conv_ops.conv_transpose2x(x, w)
 
 
-def conv2d_resample(x: jax.Array, w: jax.Array, taps: np.ndarray, *, up: int = 1,
-                    down: int = 1, padding: int = 0) -> jax.Array:
+def conv2d_resample(
+    x: jax.Array, w: jax.Array, taps: np.ndarray, *, up: int = 1, down: int = 1, padding: int = 0
+) -> jax.Array:
     """Conv with optional 2x FIR up/down-sampling (the arithmetic of NVlabs/rosinality).
 
     * up=2, k>1: transposed conv (stride 2) then FIR with pad (1, 1) and gain 4.
@@ -166,6 +182,7 @@ def conv2d_resample(x: jax.Array, w: jax.Array, taps: np.ndarray, *, up: int = 1
 
 class DenseLayer(nn.Module):
     """Equalized-LR fully connected layer (NVlabs FullyConnectedLayer / rosinality EqualLinear)."""
+
     features: int
     use_bias: bool = True
     bias_init: float = 0.0
@@ -176,8 +193,11 @@ class DenseLayer(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         fan_in = x.shape[-1]
         # Stored as randn / lr_mul so that the runtime product has unit variance.
-        w = self.param("weight", lambda k, s: jax.random.normal(k, s) / self.lr_multiplier,
-                       (fan_in, self.features))
+        w = self.param(
+            "weight",
+            lambda k, s: jax.random.normal(k, s) / self.lr_multiplier,
+            (fan_in, self.features),
+        )
         y = x @ (w * (self.lr_multiplier / math.sqrt(fan_in))).astype(x.dtype)
         b = None
         if self.use_bias:
@@ -189,6 +209,7 @@ class DenseLayer(nn.Module):
 
 class ConvLayer(nn.Module):
     """Equalized-LR conv with optional FIR resampling, bias, lrelu and clamp (D and G skips)."""
+
     features: int
     kernel_size: int
     use_bias: bool = True
@@ -203,17 +224,24 @@ class ConvLayer(nn.Module):
         k, cin = self.kernel_size, x.shape[-1]
         w = self.param("weight", nn.initializers.normal(1.0), (k, k, cin, self.features))
         w = w * (1.0 / math.sqrt(cin * k * k))
-        x = conv2d_resample(x, w, fir_taps(self.fir), up=self.up, down=self.down,
-                            padding=k // 2)
+        x = conv2d_resample(x, w, fir_taps(self.fir), up=self.up, down=self.down, padding=k // 2)
         b = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
         act_gain = (SQRT2 if self.activation == "lrelu" else 1.0) * gain
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, b, act=self.activation, gain=act_gain, clamp=clamp)
 
 
-def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array, taps: np.ndarray, *,
-                     demodulate: bool, up: int = 1, padding: int = 0,
-                     fan_in_scale: bool = False) -> jax.Array:
+def modulated_conv2d(
+    x: jax.Array,
+    weight: jax.Array,
+    styles: jax.Array,
+    taps: np.ndarray,
+    *,
+    demodulate: bool,
+    up: int = 1,
+    padding: int = 0,
+    fan_in_scale: bool = False,
+) -> jax.Array:
     """Modulated convolution with *shared* weights and per-sample styles.
 
     Implemented as NVlabs' non-fused path: modulate activations, run one ordinary conv
@@ -233,7 +261,7 @@ def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array, taps: n
     x = conv2d_resample(x, weight, taps, up=up, padding=padding)
     if demodulate:
         # d[b, o] = rsqrt(sum_{kh,kw,i} (W[kh,kw,i,o] * s[b,i])^2 + eps)
-        wsq = jnp.sum(jnp.square(weight), axis=(0, 1))            # [in, out]
-        d = jax.lax.rsqrt(jnp.square(styles) @ wsq + 1e-8)        # [N, out]
+        wsq = jnp.sum(jnp.square(weight), axis=(0, 1))  # [in, out]
+        d = jax.lax.rsqrt(jnp.square(styles) @ wsq + 1e-8)  # [N, out]
         x = x * d[:, None, None, :].astype(x.dtype)
     return x

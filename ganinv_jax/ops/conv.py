@@ -29,6 +29,7 @@ Selecting the form: `impl=` on a call, or `with conv.use_impl('native'): ...` ar
 the environment variable GANINV_CONV_IMPL=native|matmul|auto. The choice is read at trace time:
 jit-compiled functions keep the form they were traced with.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,7 @@ from jax import lax
 
 IMPLS = ("native", "matmul", "hybrid")
 _ENV = "GANINV_CONV_IMPL"
-_override: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("conv_impl",
-                                                                          default=None)
+_override: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("conv_impl", default=None)
 
 Padding = Union[int, Sequence[tuple[int, int]]]
 
@@ -96,9 +96,16 @@ def im2col(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
     """[N,H,W,C] (already padded) -> [N,Ho,Wo,kh*kw*C], patch order (kh, kw, C) = HWIO's."""
     n, h, w, c = x.shape
     ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
-    cols = [lax.slice(x, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                      (1, stride, stride, 1))
-            for i in range(kh) for j in range(kw)]
+    cols = [
+        lax.slice(
+            x,
+            (0, i, j, 0),
+            (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+            (1, stride, stride, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
@@ -107,8 +114,9 @@ def _matmul_last(x: jax.Array, w2d: jax.Array) -> jax.Array:
     return lax.dot_general(x, w2d.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())))
 
 
-def conv2d(x: jax.Array, w: jax.Array, *, stride: int = 1, padding: Padding = 0,
-           impl: Optional[str] = None) -> jax.Array:
+def conv2d(
+    x: jax.Array, w: jax.Array, *, stride: int = 1, padding: Padding = 0, impl: Optional[str] = None
+) -> jax.Array:
     """NHWC x HWIO correlation (torch's conv2d), zero padding ((top, bottom), (left, right))."""
     (pt, pb), (pl, pr) = _pad_pairs(padding)
     w = w.astype(x.dtype)
@@ -136,8 +144,11 @@ def _sum_of_windows(t: jax.Array, k: int, out_h: int, out_w: int, offset: int) -
     for a in range(k):
         for b in range(k):
             blk = (a * k + b) * c
-            part = lax.slice(t, (0, offset - a, offset - b, blk),
-                             (t.shape[0], offset - a + out_h, offset - b + out_w, blk + c))
+            part = lax.slice(
+                t,
+                (0, offset - a, offset - b, blk),
+                (t.shape[0], offset - a + out_h, offset - b + out_w, blk + c),
+            )
             out = part if out is None else out + part
     return out
 
@@ -157,8 +168,9 @@ def _conv_gemm_fwd(xp, w):
 def _conv_gemm_bwd(res, dy):
     cols, w = res
     k, _, cin, cout = w.shape
-    dw = lax.dot_general(cols.reshape(-1, k * k * cin), dy.reshape(-1, cout),
-                         (((0,), (0,)), ((), ()))).reshape(w.shape)
+    dw = lax.dot_general(
+        cols.reshape(-1, k * k * cin), dy.reshape(-1, cout), (((0,), (0,)), ((), ()))
+    ).reshape(w.shape)
     dcols = lax.dot_general(dy, w.reshape(k * k * cin, cout), (((3,), (1,)), ((), ())))
     # xp[i + a] fed output i through tap a: dxp[p] = sum_a dcols[p - a, tap a].
     h, wd = dy.shape[1] + k - 1, dy.shape[2] + k - 1
@@ -170,8 +182,9 @@ _conv_gemm.defvjp(_conv_gemm_fwd, _conv_gemm_bwd)
 
 
 def _native(x, w, stride, pads):
-    return lax.conv_general_dilated(x, w, (stride, stride), pads,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return lax.conv_general_dilated(
+        x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -192,8 +205,9 @@ def _conv_hybrid_bwd(pads, res, dy):
     w_t = jnp.swapaxes(w[::-1, ::-1], 2, 3)
     dx = _native(dy, w_t, 1, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
     cols = im2col(jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), kh, kw)
-    dw = lax.dot_general(cols.reshape(-1, kh * kw * cin), dy.reshape(-1, cout),
-                         (((0,), (0,)), ((), ()))).reshape(w.shape)
+    dw = lax.dot_general(
+        cols.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), (((0,), (0,)), ((), ()))
+    ).reshape(w.shape)
     return dx, dw
 
 
@@ -213,8 +227,13 @@ def conv_transpose2x(x: jax.Array, w: jax.Array, *, impl: Optional[str] = None) 
     w = w.astype(x.dtype)
     if resolve_impl(impl) == "native":
         return lax.conv_general_dilated(
-            x, w[::-1, ::-1], window_strides=(1, 1), padding=((k - 1, k - 1), (k - 1, k - 1)),
-            lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x,
+            w[::-1, ::-1],
+            window_strides=(1, 1),
+            padding=((k - 1, k - 1), (k - 1, k - 1)),
+            lhs_dilation=(2, 2),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
     return _conv_transpose2x_gemm(x, w)
 
 
@@ -226,14 +245,17 @@ def _conv_transpose2x_gemm(x: jax.Array, w: jax.Array) -> jax.Array:
 def _conv_transpose2x_gemm_fwd(x, w):
     k, _, cin, cout = w.shape
     n, h, wd, _ = x.shape
-    w2d = jnp.transpose(w, (2, 0, 1, 3)).reshape(cin, k * k * cout)      # [C, (a, b, O)]
+    w2d = jnp.transpose(w, (2, 0, 1, 3)).reshape(cin, k * k * cout)  # [C, (a, b, O)]
     taps = _matmul_last(x, w2d).reshape(n, h, wd, k, k, cout)
     zero = jnp.zeros((), x.dtype)
     out = None
     for a in range(k):
         for b in range(k):
-            placed = lax.pad(taps[:, :, :, a, b, :], zero,
-                             ((0, 0, 0), (a, k - 1 - a, 1), (b, k - 1 - b, 1), (0, 0, 0)))
+            placed = lax.pad(
+                taps[:, :, :, a, b, :],
+                zero,
+                ((0, 0, 0), (a, k - 1 - a, 1), (b, k - 1 - b, 1), (0, 0, 0)),
+            )
             out = placed if out is None else out + placed
     return out, (x, w2d)
 
@@ -246,11 +268,19 @@ def _conv_transpose2x_gemm_bwd(res, dy):
     # Tap (a, b) of input pixel (i, j) landed on output (2i + a, 2j + b): its gradient is the
     # stride-2 slice of dy starting at (a, b); all k*k of them side by side = [N,H,W,(a,b,O)].
     dtaps = jnp.concatenate(
-        [lax.slice(dy, (0, a, b, 0), (n, a + 2 * (h - 1) + 1, b + 2 * (wd - 1) + 1, cout),
-                   (1, 2, 2, 1)) for a in range(k) for b in range(k)], axis=-1)
+        [
+            lax.slice(
+                dy, (0, a, b, 0), (n, a + 2 * (h - 1) + 1, b + 2 * (wd - 1) + 1, cout), (1, 2, 2, 1)
+            )
+            for a in range(k)
+            for b in range(k)
+        ],
+        axis=-1,
+    )
     dx = lax.dot_general(dtaps, w2d, (((3,), (1,)), ((), ())))
-    dw2d = lax.dot_general(x.reshape(-1, cin), dtaps.reshape(-1, k * k * cout),
-                           (((0,), (0,)), ((), ())))
+    dw2d = lax.dot_general(
+        x.reshape(-1, cin), dtaps.reshape(-1, k * k * cout), (((0,), (0,)), ((), ()))
+    )
     dw = jnp.transpose(dw2d.reshape(cin, k, k, cout), (1, 2, 0, 3))
     return dx, dw
 

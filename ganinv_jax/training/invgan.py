@@ -29,12 +29,12 @@ Ablations (`config.variant`, paper Sec. 4.4):
 Randomness: z of step s is drawn from fold_in(seed, s); batches are `batch_indices(seed, s)`;
 so a resumed run equals the uninterrupted one, for any device count.
 
-Run:  python -m ganinv_jax.training.invgan --config=configs/invgan_fashion_mnist.py \
-          --workdir=/work/runs/invgan_fmnist
+Run (task `train_invgan` of the one entry point, multi-host flags included):
+    python -m ganinv_jax.main --config=configs/invgan_fashion_mnist.py --workdir=/work/runs/fm
 """
+
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -50,13 +50,16 @@ import numpy as np
 import optax
 from absl import logging
 
-from ganinv_jax import checkpointing
+from ganinv_jax import atomic, checkpointing
 from ganinv_jax import data as data_lib
+from ganinv_jax import sharding as shd
+from ganinv_jax.data import images as image_io
+from ganinv_jax.errors import UserError
+from ganinv_jax.losses import common as losses_common
 from ganinv_jax.losses import gan as losses_gan
 from ganinv_jax.losses import mmd as losses_mmd
 from ganinv_jax.models import stylegan2
 from ganinv_jax.training import loop as loop_lib
-from ganinv_jax.training import sharding as shd
 from ganinv_jax.training import state as state_lib
 
 sg = jax.lax.stop_gradient
@@ -80,13 +83,14 @@ r1_penalty = losses_gan.r1_penalty
 
 class Nets(NamedTuple):
     """Pure functions over param trees; the trainer never sees module objects."""
-    g_init: Callable        # key -> {'params', 'buffers'}
-    d_init: Callable        # key -> {'params'}
-    mapping: Callable       # (g_vars, z) -> w [N, w_dim]
-    synthesis: Callable     # (g_vars, w [N, w_dim]) -> images [N, H, W, C] in [-1, 1]
+
+    g_init: Callable  # key -> {'params', 'buffers'}
+    d_init: Callable  # key -> {'params'}
+    mapping: Callable  # (g_vars, z) -> w [N, w_dim]
+    synthesis: Callable  # (g_vars, w [N, w_dim]) -> images [N, H, W, C] in [-1, 1]
     discriminate: Callable  # (d_params, images) -> (logits [N], feats list, w~ [N, w_dim])
-    logits: Callable        # (d_params, images) -> logits [N]
-    infer_w: Callable       # (d_params, images) -> w~ [N, w_dim]
+    logits: Callable  # (d_params, images) -> logits [N]
+    infer_w: Callable  # (d_params, images) -> w~ [N, w_dim]
     z_dim: int
     w_dim: int
     resolution: int
@@ -102,10 +106,11 @@ def model_config_from(config) -> Any:
         return stylegan2.StyleGAN2Config(**m)
     if config.backbone == "dcgan":
         from ganinv_jax.models import dcgan
+
         m = dict(config.dcgan)
         m["channels"] = tuple(m["channels"])
         return dcgan.DCGANConfig(**m)
-    raise ValueError(f"unknown backbone {config.backbone!r} (stylegan2 | dcgan)")
+    raise UserError(f"unknown backbone {config.backbone!r} (stylegan2 | dcgan)")
 
 
 def make_nets(config) -> Nets:
@@ -116,6 +121,7 @@ def make_nets(config) -> Nets:
         noise_mode = config.get("noise_mode", "const")
     else:
         from ganinv_jax.models import dcgan
+
         G, D = dcgan.Generator(mcfg), dcgan.Discriminator(mcfg)
         num_ws, noise_mode = 1, None
     res, ch = mcfg.resolution, mcfg.img_channels
@@ -125,8 +131,9 @@ def make_nets(config) -> Nets:
         return {"params": v["params"], "buffers": v.get("buffers", {})}
 
     def d_init(key):
-        return {"params": D.init({"params": key}, jnp.zeros((2, res, res, ch)),
-                                 return_w=True)["params"]}
+        return {
+            "params": D.init({"params": key}, jnp.zeros((2, res, res, ch)), return_w=True)["params"]
+        }
 
     def mapping(g_vars, z):
         return G.apply(g_vars, z, method="mapping")[:, 0]
@@ -138,8 +145,7 @@ def make_nets(config) -> Nets:
         return G.apply(g_vars, ws, noise_mode=noise_mode, method="synthesis")
 
     def discriminate(d_params, img):
-        logits, feats, w = D.apply({"params": d_params}, img, return_features=True,
-                                   return_w=True)
+        logits, feats, w = D.apply({"params": d_params}, img, return_features=True, return_w=True)
         return logits[:, 0], feats, w
 
     def logits(d_params, img):
@@ -148,8 +154,20 @@ def make_nets(config) -> Nets:
     def infer_w(d_params, img):
         return D.apply({"params": d_params}, img, method="infer_w")
 
-    return Nets(g_init, d_init, mapping, synthesis, discriminate, logits, infer_w,
-                mcfg.z_dim, mcfg.w_dim, res, ch, mcfg)
+    return Nets(
+        g_init,
+        d_init,
+        mapping,
+        synthesis,
+        discriminate,
+        logits,
+        infer_w,
+        mcfg.z_dim,
+        mcfg.w_dim,
+        res,
+        ch,
+        mcfg,
+    )
 
 
 # ----------------------------------------------------------------------------- state
@@ -157,10 +175,10 @@ def make_nets(config) -> Nets:
 
 @flax.struct.dataclass
 class InvGANState:
-    step: jax.Array          # int32 scalar: steps done
-    g: Any                   # {'params', 'buffers'} (buffers: constant noise, w_avg)
-    d: Any                   # D params (incl. the w head)
-    g_ema: Any               # EMA of g['params']
+    step: jax.Array  # int32 scalar: steps done
+    g: Any  # {'params', 'buffers'} (buffers: constant noise, w_avg)
+    d: Any  # D params (incl. the w head)
+    g_ema: Any  # EMA of g['params']
     opt_g: Any
     opt_d: Any
 
@@ -179,9 +197,14 @@ def init_state(config, nets: Nets, key) -> InvGANState:
     g = nets.g_init(kg)
     d = nets.d_init(kd)["params"]
     tx_g, tx_d = make_optimizers(config)
-    return InvGANState(step=jnp.zeros((), jnp.int32), g=g, d=d,
-                       g_ema=jax.tree_util.tree_map(jnp.copy, g["params"]),
-                       opt_g=tx_g.init(g["params"]), opt_d=tx_d.init(d))
+    return InvGANState(
+        step=jnp.zeros((), jnp.int32),
+        g=g,
+        d=d,
+        g_ema=jax.tree_util.tree_map(jnp.copy, g["params"]),
+        opt_g=tx_g.init(g["params"]),
+        opt_d=tx_d.init(d),
+    )
 
 
 # ----------------------------------------------------------------------------- step
@@ -203,11 +226,11 @@ def g_phase_loss(g_params, d_params, g_buffers, reals, z, config, nets: Nets):
     d_sg = sg(d_params)
     B = reals.shape[0]
     h = B // 2 if real_half else 0
-    w_prior = nets.mapping(g_vars, z[:B - h])
+    w_prior = nets.mapping(g_vars, z[: B - h])
     w_in, w_target = [w_prior], [sg(w_prior)]
     if h:
         x_r = reals[:h]
-        w_r = nets.infer_w(d_params, x_r)                    # live D: fm/MMD train D_w
+        w_r = nets.infer_w(d_params, x_r)  # live D: fm/MMD train D_w
         w_in.append(sg(w_r))
         w_target.append(sg(w_r))
         if use_fm:
@@ -237,19 +260,24 @@ def g_phase_loss(g_params, d_params, g_buffers, reals, z, config, nets: Nets):
 def d_phase_loss(d_params, reals, fakes, w_target, do_r1, config, nets: Nets):
     logits_f, _, w_rec = nets.discriminate(d_params, fakes)
     logits_r = nets.logits(d_params, reals)
-    adv = jnp.mean(losses_gan.d_logistic_loss(logits_r, logits_f))   # equal batch sizes
+    adv = jnp.mean(losses_gan.d_logistic_loss(logits_r, logits_f))  # equal batch sizes
     lat = _mse(w_rec, w_target)
     gain = losses_gan.lazy_reg_gain(config.r1_interval)
-    r1 = jax.lax.cond(do_r1, lambda x: jnp.mean(r1_penalty(lambda y: nets.logits(d_params, y), x)),
-                      lambda x: jnp.zeros((), jnp.float32), reals)
+    r1 = jax.lax.cond(
+        do_r1,
+        lambda x: jnp.mean(r1_penalty(lambda y: nets.logits(d_params, y), x)),
+        lambda x: jnp.zeros((), jnp.float32),
+        reals,
+    )
     loss = adv + config.w_lat * lat + gain * 0.5 * config.r1_gamma * r1
-    return loss, {"d_adv": adv, "d_lat": lat, "r1": r1, "d_loss": loss,
-                  "d_real": jnp.mean(logits_r), "d_fake": jnp.mean(logits_f)}
-
-
-def _all_finite(tree):
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    return loss, {
+        "d_adv": adv,
+        "d_lat": lat,
+        "r1": r1,
+        "d_loss": loss,
+        "d_real": jnp.mean(logits_r),
+        "d_fake": jnp.mean(logits_f),
+    }
 
 
 def train_step(state: InvGANState, reals, config, nets: Nets):
@@ -258,11 +286,12 @@ def train_step(state: InvGANState, reals, config, nets: Nets):
     key = jax.random.fold_in(jax.random.key(config.seed), state.step)
     z = jax.random.normal(key, (B, nets.z_dim), jnp.float32)
     (_, (fakes, w_target, w_prior, aux_g)), (gg, gd_aux) = jax.value_and_grad(
-        g_phase_loss, argnums=(0, 1), has_aux=True)(
-            state.g["params"], state.d, state.g["buffers"], reals, z, config, nets)
+        g_phase_loss, argnums=(0, 1), has_aux=True
+    )(state.g["params"], state.d, state.g["buffers"], reals, z, config, nets)
     do_r1 = losses_gan.lazy_reg_active(state.step, config.r1_interval)
     (_, aux_d), gd = jax.value_and_grad(d_phase_loss, has_aux=True)(
-        state.d, reals, fakes, w_target, do_r1, config, nets)
+        state.d, reals, fakes, w_target, do_r1, config, nets
+    )
     gd = jax.tree_util.tree_map(jnp.add, gd, gd_aux)
     tx_g, tx_d = make_optimizers(config)
     upd_g, opt_g = tx_g.update(gg, state.opt_g, state.g["params"])
@@ -280,12 +309,20 @@ def train_step(state: InvGANState, reals, config, nets: Nets):
     if "mapping" in buffers and "w_avg" in buffers["mapping"]:
         w_avg = buffers["mapping"]["w_avg"]
         w_avg = jnp.mean(w_prior, 0) + config.w_avg_beta * (w_avg - jnp.mean(w_prior, 0))
-        buffers = flax.core.copy(buffers, {"mapping": {**buffers["mapping"], "w_avg": w_avg}}) \
-            if isinstance(buffers, flax.core.FrozenDict) else \
-            {**buffers, "mapping": {**buffers["mapping"], "w_avg": w_avg}}
-    finite = _all_finite((gg, gd, aux_g, aux_d))
-    new = InvGANState(step=state.step + 1, g={"params": g_params, "buffers": buffers},
-                      d=d_params, g_ema=g_ema, opt_g=opt_g, opt_d=opt_d)
+        buffers = (
+            flax.core.copy(buffers, {"mapping": {**buffers["mapping"], "w_avg": w_avg}})
+            if isinstance(buffers, flax.core.FrozenDict)
+            else {**buffers, "mapping": {**buffers["mapping"], "w_avg": w_avg}}
+        )
+    finite = losses_common.tree_all_finite((gg, gd, aux_g, aux_d))
+    new = InvGANState(
+        step=state.step + 1,
+        g={"params": g_params, "buffers": buffers},
+        d=d_params,
+        g_ema=g_ema,
+        opt_g=opt_g,
+        opt_d=opt_d,
+    )
     metrics = {**aux_g, **aux_d, "finite": finite.astype(jnp.float32)}
     return new, metrics
 
@@ -294,8 +331,20 @@ _JIT_CACHE: dict = {}
 
 
 # Config fields the step function never reads (the loop's and evaluation's business).
-_NOT_IN_STEP = ("num_train_steps", "log_every", "checkpoint_every", "sample_every", "max_to_keep",
-                "eval_at_end", "num_eval", "num_devices", "init_from", "task")
+_NOT_IN_STEP = (
+    "num_train_steps",
+    "log_every",
+    "checkpoint_every",
+    "sample_every",
+    "max_to_keep",
+    "eval_at_end",
+    "num_eval",
+    "num_devices",
+    "init_from",
+    "task",
+    "export",
+    "ablation",
+)
 
 
 def _config_key(config) -> str:
@@ -309,9 +358,12 @@ def jit_train_step(config, nets: Nets, state_shardings, mesh):
     key = (_config_key(config), mesh)
     if key not in _JIT_CACHE:
         step = functools.partial(train_step, config=config, nets=nets)
-        _JIT_CACHE[key] = jax.jit(step, in_shardings=(state_shardings, shd.batch_sharding(mesh)),
-                                  out_shardings=(state_shardings, shd.replicated(mesh)),
-                                  donate_argnums=0)
+        _JIT_CACHE[key] = jax.jit(
+            step,
+            in_shardings=(state_shardings, shd.batch_sharding(mesh)),
+            out_shardings=(state_shardings, shd.replicated(mesh)),
+            donate_argnums=0,
+        )
     return _JIT_CACHE[key]
 
 
@@ -328,7 +380,7 @@ def reconstruct(nets: Nets, g_vars, d_params, images, batch_size: int = 256):
     dec = jax.jit(nets.synthesis)
     ws, recs = [], []
     for i in range(0, images.shape[0], batch_size):
-        w = enc(d_params, jnp.asarray(images[i:i + batch_size]))
+        w = enc(d_params, jnp.asarray(images[i : i + batch_size]))
         ws.append(np.asarray(w))
         recs.append(np.asarray(dec(g_vars, w)))
     return np.concatenate(ws), np.concatenate(recs)
@@ -338,8 +390,9 @@ def to_tiles(image, m: int):
     """[H, W, C] with H = W = m * n -> [n * n, m, m, C], row-major tiles."""
     H, W, C = image.shape
     if H != W or H % m:
-        raise ValueError(f"tiled inversion needs a square image with side a multiple of {m}, "
-                         f"got {H}x{W}")
+        raise ValueError(
+            f"tiled inversion needs a square image with side a multiple of {m}, got {H}x{W}"
+        )
     n = H // m
     return image.reshape(n, m, n, m, C).transpose(0, 2, 1, 3, 4).reshape(n * n, m, m, C)
 
@@ -385,26 +438,28 @@ def time_per_latent(nets, d_params, images, batch_size=256, repeats=3):
 def load_train_source(config) -> data_lib.ArraySource:
     d = config.data
     if d.name == "fashion_mnist":
-        imgs = data_lib.load_fashion_mnist("train", d.get("dir", data_lib.DEFAULT_DIR),
-                                           d.resolution, d.channels)
+        imgs = data_lib.load_fashion_mnist(
+            "train", d.get("dir", data_lib.DEFAULT_DIR), d.resolution, d.channels
+        )
     elif d.name == "image_folder":
         imgs, _, bad = data_lib.load_image_folder(d.folder, d.resolution, d.channels)
         if bad:
             logging.warning("%d unreadable images skipped, e.g. %s", len(bad), bad[0])
     else:
-        raise ValueError(f"unknown dataset {d.name!r} (fashion_mnist | image_folder)")
+        raise UserError(f"unknown dataset {d.name!r} (fashion_mnist | image_folder)")
     if d.get("limit"):
-        imgs = imgs[:d.limit]
+        imgs = imgs[: d.limit]
     return data_lib.ArraySource(imgs)
 
 
 def load_test_images(config, limit: Optional[int] = None) -> np.ndarray:
     d = config.data
     if d.name != "fashion_mnist":
-        raise ValueError("held-out test split is defined for fashion_mnist only")
-    imgs = data_lib.load_fashion_mnist("test", d.get("dir", data_lib.DEFAULT_DIR),
-                                       d.resolution, d.channels)
-    return data_lib.to_model_range(imgs[:limit] if limit else imgs)
+        raise UserError("held-out test split is defined for fashion_mnist only")
+    imgs = data_lib.load_fashion_mnist(
+        "test", d.get("dir", data_lib.DEFAULT_DIR), d.resolution, d.channels
+    )
+    return data_lib.from_uint8(imgs[:limit] if limit else imgs)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -415,39 +470,50 @@ def setup(config, mesh=None):
     nets = make_nets(config)
     mesh = mesh or shd.make_mesh(config.get("num_devices") or None)
     if config.batch_size % mesh.size:
-        raise ValueError(f"batch_size {config.batch_size} not divisible by {mesh.size} devices")
+        raise UserError(f"batch_size {config.batch_size} not divisible by {mesh.size} devices")
     init_fn = functools.partial(init_state, config, nets)
     return nets, mesh, init_fn
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop_after: Optional[int] = None, mesh=None):
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, stop_after: Optional[int] = None, mesh=None
+):
     """Train (resuming from `workdir` if it has checkpoints); write metrics and samples.
 
     Returns the final state. `stop_after` stops after that many steps (tests: a "kill").
     """
     from clu import metric_writers
+
     if config.variant not in VARIANTS:
-        raise ValueError(f"unknown variant {config.variant!r}: {sorted(VARIANTS)}")
+        raise UserError(f"unknown variant {config.variant!r}: {sorted(VARIANTS)}")
     os.makedirs(workdir, exist_ok=True)
     pid, nproc = jax.process_index(), jax.process_count()
     nets, mesh, init_fn = setup(config, mesh)
     source = load_train_source(config)
-    mgr = checkpointing.train_checkpoint_manager(os.path.join(workdir, "checkpoints"),
-                                                 config.get("max_to_keep", 3))
+    mgr = checkpointing.train_checkpoint_manager(
+        os.path.join(workdir, "checkpoints"), config.get("max_to_keep", 3)
+    )
     key = jax.random.key(config.seed)
     state, shardings, restored = state_lib.restore_or_init(
-        mgr, init_fn, key, mesh, log=lambda m: logging.info("%s", m))
+        mgr,
+        init_fn,
+        key,
+        mesh,
+        shd.rules_from_config(config.get("param_sharding")),
+        log=lambda m: logging.info("%s", m),
+    )
     if restored is None and config.get("init_from"):
         state = warm_start(state, config.init_from, shardings)
     start = int(jax.device_get(state.step))
     if pid == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        atomic.write_text(
+            os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
+        )
     writer = metric_writers.create_default_writer(workdir, just_logging=pid > 0)
     if start == 0:
-        writer.write_hparams({k: v for k, v in config.to_dict().items()
-                              if isinstance(v, (int, float, str, bool))})
+        writer.write_hparams(
+            {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        )
     step_fn = jit_train_step(config, nets, shardings, mesh)
 
     def get_batch(step):
@@ -457,15 +523,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     hooks = []
     if config.get("sample_every"):
         hooks.append(_sample_hook(config, nets, workdir, writer))
-    logging.info("InvGAN %s/%s: %d train images, batch %d on %d devices (%d processes), "
-                 "steps %d -> %d", config.backbone, config.variant, len(source),
-                 config.batch_size, mesh.size, nproc, start, config.num_train_steps)
+    logging.info(
+        "InvGAN %s/%s: %d train images, batch %d on %d devices (%d processes), steps %d -> %d",
+        config.backbone,
+        config.variant,
+        len(source),
+        config.batch_size,
+        mesh.size,
+        nproc,
+        start,
+        config.num_train_steps,
+    )
     with jax.set_mesh(mesh):
         state, step, reason = loop_lib.train_loop(
-            state=state, train_step=step_fn, get_batch=get_batch, start_step=start,
-            num_steps=config.num_train_steps, mgr=mgr, writer=writer,
-            checkpoint_every=config.checkpoint_every, log_every=config.log_every,
-            hooks=hooks, stop_after=stop_after)
+            state=state,
+            train_step=step_fn,
+            get_batch=get_batch,
+            start_step=start,
+            num_steps=config.num_train_steps,
+            mgr=mgr,
+            writer=writer,
+            checkpoint_every=config.checkpoint_every,
+            log_every=config.log_every,
+            hooks=hooks,
+            stop_after=stop_after,
+        )
     logging.info("stopped at step %d (%s)", step, reason)
     if reason == "done" and config.get("eval_at_end", True) and pid == 0:
         evaluate(config, nets, state, workdir, writer)
@@ -478,14 +560,18 @@ def warm_start(state: InvGANState, export_dir: str, shardings) -> InvGANState:
     """Continue from an exported DIR (e.g. `ganinv_jax/assets/default`): G, G_ema, D and the
     step come from it; Adam moments restart from zero (the DIR does not carry them)."""
     from ganinv_jax import pretrained
+
     path = pretrained.resolve(export_dir)
     _, doc = pretrained.read_config(path)
     trees = checkpointing.restore_pytree(os.path.join(path, pretrained.PARAMS_NAME))
     like = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.asarray(n, o.dtype), new, old)
     step = int(doc.get("source", {}).get("step", 0))
-    new = state.replace(step=jnp.asarray(step, jnp.int32), g=like(trees["G"], state.g),
-                        d=like(trees["D"]["params"], state.d),
-                        g_ema=like(trees["G_ema"]["params"], state.g_ema))
+    new = state.replace(
+        step=jnp.asarray(step, jnp.int32),
+        g=like(trees["G"], state.g),
+        d=like(trees["D"]["params"], state.d),
+        g_ema=like(trees["G_ema"]["params"], state.g_ema),
+    )
     logging.info("warm start from %s at step %d (fresh optimizer state)", path, step)
     return jax.device_put(new, shardings)
 
@@ -498,20 +584,9 @@ def _sample_hook(config, nets, workdir, writer):
         if step % config.sample_every or jax.process_index():
             return
         imgs = np.asarray(gen(ema_vars(state), z))
-        writer.write_images(step, {"samples": image_grid(imgs, 8)[None]})
+        writer.write_images(step, {"samples": image_io.make_grid(imgs, 8)[None]})
+
     return hook
-
-
-def image_grid(images, cols: int) -> np.ndarray:
-    """[N, H, W, C] in [-1, 1] -> one uint8 [rows*H, cols*W, C] grid."""
-    n, h, w, c = images.shape
-    rows = -(-n // cols)
-    grid = np.full((rows * h, cols * w, c), 255, np.uint8)
-    u8 = np.clip(np.rint((np.asarray(images) + 1) * 127.5), 0, 255).astype(np.uint8)
-    for i in range(n):
-        r, cc = divmod(i, cols)
-        grid[r * h:(r + 1) * h, cc * w:(cc + 1) * w] = u8[i]
-    return grid
 
 
 def evaluate(config, nets, state, workdir, writer=None, num_test: Optional[int] = None):
@@ -519,28 +594,13 @@ def evaluate(config, nets, state, workdir, writer=None, num_test: Optional[int] 
     test = load_test_images(config, num_test or config.get("num_eval", None))
     d_params = jax.device_get(state.d)
     res = {"step": int(jax.device_get(state.step)), "num_test": int(test.shape[0])}
-    res["test_mae_g_ema"] = test_reconstruction_mae(nets, jax.device_get(ema_vars(state)),
-                                                    d_params, test)
+    res["test_mae_g_ema"] = test_reconstruction_mae(
+        nets, jax.device_get(ema_vars(state)), d_params, test
+    )
     res["test_mae_g"] = test_reconstruction_mae(nets, jax.device_get(state.g), d_params, test)
     res["sec_per_latent"] = time_per_latent(nets, d_params, test)
     logging.info("eval: %s", res)
     if writer is not None:
         writer.write_scalars(res["step"], {k: v for k, v in res.items() if k.startswith("test")})
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump(res, f, indent=2)
+    atomic.write_json(os.path.join(workdir, "eval.json"), res, indent=2)
     return res
-
-
-def main(argv):
-    del argv
-    from absl import flags
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
-    flags.DEFINE_string("workdir", None, "work directory (checkpoints, metrics)")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)

@@ -1,113 +1,141 @@
-"""The generic training loop: metrics, progress/ETA, checkpoints, NaN guard, SIGTERM.
+"""The generic training loop: metrics, progress/ETA, checkpoints, NaN guard, preemption.
 
 Trainers supply a jitted `train_step(state, batch) -> (state, metrics)` whose metrics include
 a scalar `finite` (1.0 when every loss and gradient was finite) and a `get_batch(step)` that
 returns this process's rows of global batch `step`. Everything random inside the step is a
 function of (seed, state.step), so a resumed run repeats the uninterrupted one exactly.
+
+Host syncs. Looking at a step's metrics makes the host wait for that step, which would stall
+async dispatch on accelerators if done every step. So metrics stay on device (the list of the
+small per-step dicts) and are fetched together, checked and averaged only at check points:
+logging steps (`step % log_every == 0`), the last step, and before every checkpoint save, so a
+non-finite state is never saved. A non-finite step is found up to `log_every` steps late; the
+error names the first bad step of the window and the last good checkpoint.
+
+Preemption (`ganinv_jax.preemption`): SIGTERM on any process stops every process after the same
+step, which then checkpoints. The loop asks `should_stop()` once per step: free in a single
+process; with several processes it is one tiny all-gather per step (a host sync, so on
+accelerators it waits for the step in flight) -- the price of deciding at the same step on
+every host without a grace-period guess; checking less often would risk outliving the
+preemption notice on long `log_every` windows.
 """
+
 from __future__ import annotations
 
-import signal
-import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
-from ganinv_jax import checkpointing
+from ganinv_jax import checkpointing, preemption
+from ganinv_jax import progress as progress_lib
 
 
 class NonFiniteError(FloatingPointError):
     pass
 
 
-class TerminationFlag:
-    """Context manager that turns SIGTERM (and optionally SIGINT) into a flag the loop polls."""
-
-    def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
-        self.signals = tuple(signals)
-        self.set = False
-        self._old = {}
-
-    def _handler(self, signum, frame):  # noqa: ARG002
-        logging.warning("received signal %d: checkpointing and exiting", signum)
-        self.set = True
-
-    def __enter__(self):
-        try:
-            for s in self.signals:
-                self._old[s] = signal.signal(s, self._handler)
-        except ValueError:   # not the main thread: no handlers, the flag stays False
-            self._old = {}
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        return False
+def first_non_finite(window: Sequence[tuple[int, dict]]) -> Optional[tuple[int, list[str]]]:
+    """(step, metric names) of the first step of `window` [(step, host metrics)] with a
+    non-finite metric or `finite` < 1; None when every step is finite."""
+    for step, metrics in window:
+        bad = [k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v)))]
+        if bad or float(np.asarray(metrics.get("finite", 1.0))) < 1.0:
+            return step, bad or ["finite=0"]
+    return None
 
 
-def check_finite(metrics: dict, step: int, last_good: Optional[int]) -> None:
-    """Raise a one-line error if the step produced a non-finite loss or gradient."""
-    bad = [k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v)))]
-    if float(np.asarray(metrics.get("finite", 1.0))) < 1.0 or bad:
-        where = ("the last good checkpoint is step %d" % last_good if last_good is not None
-                 else "no checkpoint was written yet")
-        raise NonFiniteError(f"non-finite loss/gradient at step {step} "
-                             f"(metrics {bad or ['finite=0']}); stopped without saving it; "
-                             f"{where}")
+def check_finite(window: Sequence[tuple[int, dict]], last_good: Optional[int]) -> None:
+    """Raise a one-line NonFiniteError naming the first bad step of `window` and the last good
+    checkpoint (the steps after a bad one are not trusted either: none of them is saved)."""
+    found = first_non_finite(window)
+    if found is None:
+        return
+    step, names = found
+    where = (
+        "the last good checkpoint is step %d" % last_good
+        if last_good is not None
+        else "no checkpoint was written yet"
+    )
+    raise NonFiniteError(
+        f"non-finite loss/gradient at step {step} (metrics {names}); "
+        f"stopped without saving any state from that step on; {where}"
+    )
 
 
-def train_loop(*, state: Any, train_step: Callable, get_batch: Callable[[int], Any],
-               start_step: int, num_steps: int, mgr=None, writer=None,
-               checkpoint_every: int = 1000, log_every: int = 50,
-               hooks: Sequence[Callable[[int, Any], None]] = (),
-               stop_after: Optional[int] = None) -> tuple[Any, int, str]:
+def train_loop(
+    *,
+    state: Any,
+    train_step: Callable,
+    get_batch: Callable[[int], Any],
+    start_step: int,
+    num_steps: int,
+    mgr=None,
+    writer=None,
+    checkpoint_every: int = 1000,
+    log_every: int = 50,
+    hooks: Sequence[Callable[[int, Any], None]] = (),
+    stop_after: Optional[int] = None,
+) -> tuple[Any, int, str]:
     """Run steps [start_step, num_steps). Returns (state, step reached, reason).
 
     reason: 'done' | 'sigterm' | 'stop_after'. `stop_after` ends early after that many steps
     (tests use it to emulate a kill); every exit path checkpoints when `mgr` is given.
     """
-    last_good = checkpointing.latest_train_step(mgr) if mgr is not None else None
+    last_good = mgr.latest_step() if mgr is not None else None
     step, reason = start_step, "done"
-    t0, s0 = time.time(), start_step
-    acc: dict[str, list] = {}
+    progress = progress_lib.Progress(num_steps, start_step, unit="steps")
+    pending: list[tuple[int, Any]] = []  # (step, device metrics), not yet fetched
+    window: list[tuple[int, dict]] = []  # (step, host metrics), checked, since the last log
+
+    def fetch_and_check():
+        if not pending:
+            return
+        host = jax.device_get([m for _, m in pending])  # one sync for the whole window
+        fetched = [(s, m) for (s, _), m in zip(pending, host)]
+        pending.clear()
+        check_finite(fetched, last_good)
+        window.extend(fetched)
+
+    def log():
+        scalars = {k: float(np.mean([m[k] for _, m in window])) for k in window[0][1]}
+        scalars["steps_per_sec"] = progress.rate()
+        if writer is not None:
+            writer.write_scalars(step, scalars)
+            writer.flush()
+        logging.info(
+            "train: %s | %s",
+            progress.line(),
+            "  ".join(
+                f"{k}={v:.4g}"
+                for k, v in sorted(scalars.items())
+                if k not in ("finite", "steps_per_sec")
+            ),
+        )
+        window.clear()
 
     def save(s):
         nonlocal last_good
+        fetch_and_check()  # a non-finite state is never saved
         if mgr is not None and s != last_good:
             checkpointing.save_train_state(mgr, s, state)
             last_good = s
 
-    with TerminationFlag() as term:
+    with preemption.Preemption(message="checkpointing and exiting") as preempt:
         while step < num_steps:
-            batch = get_batch(step)
-            new_state, metrics = train_step(state, batch)
-            metrics = jax.device_get(metrics)
-            check_finite(metrics, step, last_good)   # raises before `state` is replaced
-            state = new_state
+            state, metrics = train_step(state, get_batch(step))
+            pending.append((step, metrics))
             step += 1
-            for k, v in metrics.items():
-                acc.setdefault(k, []).append(float(v))
+            progress.advance()
             if step % log_every == 0 or step == num_steps:
-                dt = time.time() - t0
-                rate = (step - s0) / max(dt, 1e-9)
-                eta = (num_steps - step) / max(rate, 1e-9)
-                scalars = {k: float(np.mean(v)) for k, v in acc.items()}
-                scalars["steps_per_sec"] = rate
-                if writer is not None:
-                    writer.write_scalars(step, scalars)
-                    writer.flush()
-                logging.info("step %d/%d  %.2f steps/s  ETA %.0fs  %s", step, num_steps, rate,
-                             eta, "  ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())
-                                            if k not in ("finite", "steps_per_sec")))
-                acc = {}
+                fetch_and_check()
+                log()
             for hook in hooks:
                 hook(step, state)
             if step % checkpoint_every == 0:
                 save(step)
-            if term.set:
+            if preempt.should_stop():  # the same step on every process
                 reason = "sigterm"
                 break
             if stop_after is not None and step - start_step >= stop_after:
@@ -115,5 +143,5 @@ def train_loop(*, state: Any, train_step: Callable, get_batch: Callable[[int], A
                 break
         save(step)
         if mgr is not None:
-            checkpointing.wait_until_finished(mgr)
+            mgr.wait_until_finished()
     return state, step, reason

@@ -5,6 +5,7 @@ its leaves are given shardings by path rules, and then `jax.jit(init_fn, out_sha
 materializes every leaf directly in its final placement. Restoring a checkpoint uses the
 same abstract tree (shapes + shardings) as the orbax target.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -12,16 +13,18 @@ from typing import Any, Callable, Optional
 import jax
 
 from ganinv_jax import checkpointing
-from ganinv_jax.training import sharding as shd
+from ganinv_jax import sharding as shd
 
 
-def abstract_state(init_fn: Callable[[jax.Array], Any], key: jax.Array, mesh,
-                   rules=shd.REPLICATED_RULES):
+def abstract_state(
+    init_fn: Callable[[jax.Array], Any], key: jax.Array, mesh, rules=shd.REPLICATED_RULES
+):
     """(abstract state with shardings attached, sharding tree)."""
     shapes = jax.eval_shape(init_fn, key)
     shardings = shd.tree_shardings(mesh, shapes, rules)
     abstract = jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
     return abstract, shardings
 
 
@@ -29,14 +32,20 @@ def init_sharded(init_fn: Callable[[jax.Array], Any], key: jax.Array, shardings)
     return jax.jit(init_fn, out_shardings=shardings)(key)
 
 
-def restore_or_init(mgr, init_fn: Callable[[jax.Array], Any], key: jax.Array, mesh,
-                    rules=shd.REPLICATED_RULES, log: Optional[Callable[[str], None]] = None):
+def restore_or_init(
+    mgr,
+    init_fn: Callable[[jax.Array], Any],
+    key: jax.Array,
+    mesh,
+    rules=shd.REPLICATED_RULES,
+    log: Optional[Callable[[str], None]] = None,
+):
     """Latest checkpoint in `mgr` if there is one, else a fresh sharded state.
 
     Returns (state, shardings, restored_step or None).
     """
     abstract, shardings = abstract_state(init_fn, key, mesh, rules)
-    step = checkpointing.latest_train_step(mgr) if mgr is not None else None
+    step = mgr.latest_step() if mgr is not None else None
     if step is None:
         return init_sharded(init_fn, key, shardings), shardings, None
     if log:
