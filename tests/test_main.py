@@ -28,22 +28,12 @@ def load_config(variant: str = ""):
     return mod.get_config(variant)
 
 
-def main(workdir, *flags, timeout=600):
+def main(workdir, *flags, timeout=600, config=CONFIG):
+    """`python -m ganinv_jax.main --config=CONFIG --workdir=W FLAGS...` as a subprocess."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "ganinv_jax.main", f"--config={config}", f"--workdir={workdir}"]
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ganinv_jax.main",
-            f"--config={CONFIG}",
-            f"--workdir={workdir}",
-            *flags,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env=env,
+        cmd + list(flags), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
     )
 
 
@@ -130,22 +120,7 @@ INVGAN_CONFIG = os.path.join(REPO, "configs", "invgan_fashion_mnist.py")
 
 
 def main_invgan(workdir, variant, *flags, timeout=600):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ganinv_jax.main",
-            f"--config={INVGAN_CONFIG}:{variant}",
-            f"--workdir={workdir}",
-            *flags,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env=env,
-    )
+    return main(workdir, *flags, timeout=timeout, config=f"{INVGAN_CONFIG}:{variant}")
 
 
 @pytest.mark.parametrize(
