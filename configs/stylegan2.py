@@ -46,7 +46,7 @@ def data_config(path: str = "") -> ml_collections.ConfigDict:
 
 def get_config(variant: str = ""):
     config = ml_collections.ConfigDict()
-    config.task = "invert"  # invert | sample | train_invgan
+    config.task = "invert"  # invert | sample | edit
     config.generator = "default"  # a converted DIR (python -m weights_convert) or 'default'
     config.seed = 0
 
@@ -95,6 +95,17 @@ def get_config(variant: str = ""):
     config.sample.num = 16
     config.sample.truncation_psi = 1.0
     config.sample.noise_mode = "const"
+
+    # Editing an inversion (task 'edit', ganinv_jax/editing/task.py).
+    config.edit = ml_collections.ConfigDict()
+    config.edit.source = ""  # the --workdir of an invert run (latents.npz, manifest.json)
+    config.edit.directions = "sefa:0,sefa:1,ganspace:0"  # sefa:K | ganspace:K |
+    # interfacegan:A-B (Fashion-MNIST classes, needs the encoder) | a saved direction .npz
+    config.edit.strengths = "-3,-1.5,0,1.5,3"  # SeFa/InterFaceGAN: W distance; GANSpace: stds
+    config.edit.layers = ""  # '' : each direction's own W+ entries (all); 'start:stop'
+    config.edit.max_images = 0  # first N inverted images (0: all)
+    config.edit.ganspace_samples = 10000  # mapped z of GANSpace's PCA (seed: config.seed)
+    config.edit.interfacegan_per_class = 500  # encoded train images per class
 
     if variant == "tiny":
         config.steps = 5

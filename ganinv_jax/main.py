@@ -7,6 +7,8 @@ so that a task's heavy dependencies load only when it runs:
   * `train_invgan`  — train InvGAN (`ganinv_jax.training.invgan`).
   * `export`        — a training workdir -> a `pretrained.load` DIR (`ganinv_jax.training.export`).
   * `ablation`      — InvGAN's naive / aug_naive / full ablation (`ganinv_jax.training.ablation`).
+  * `edit`          — edit an invert workdir's latents along SeFa / GANSpace / InterFaceGAN
+                      directions (`ganinv_jax.editing.task`).
 Overrides: `--config.KEY=VALUE`; the config is locked, so a misspelt key fails at once.
 Every task has the same error contract (`ganinv_jax.errors`): a problem with the input or the
 settings ends the job with ONE line `<task>: error: <what, which file or key>` and exit status 1.
@@ -48,6 +50,7 @@ TASKS = {
     "train_invgan": "ganinv_jax.training.invgan:train_and_evaluate",
     "export": "ganinv_jax.training.export:run",
     "ablation": "ganinv_jax.training.ablation:run",
+    "edit": "ganinv_jax.editing.task:run",
 }
 
 

@@ -136,6 +136,7 @@ def main_invgan(workdir, variant, *flags, timeout=600):
         ("export", (), "export: error: config.export.out"),
         ("export", ("--config.export.out=OUT",), "export: error: {wd}: no training checkpoints"),
         ("ablation", ("--config.ablation.figure_only=True",), "ablation: error: "),
+        ("edit", ("--config.edit.source=/no/such/inversion",), "edit: error: "),
     ],
 )
 def test_every_task_fails_with_one_line(tmp_path, task, flags, needle):
@@ -143,8 +144,8 @@ def test_every_task_fails_with_one_line(tmp_path, task, flags, needle):
     no traceback, nothing written where the output would go."""
     wd = tmp_path / "w"
     flags = [f.replace("OUT", str(tmp_path / "out")) for f in flags]
-    if task == "sample":
-        r = main(wd, "--config.task=sample", *flags, timeout=300)
+    if task in ("sample", "edit"):
+        r = main(wd, f"--config.task={task}", *flags, timeout=300)
     else:
         r = main_invgan(wd, "tiny", f"--config.task={task}", *flags, timeout=300)
     assert r.returncode == 1, r.stderr[-2000:]

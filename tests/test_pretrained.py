@@ -267,7 +267,8 @@ def test_default_model_samples_are_its_exported_samples(default_gan):
     assert np.isfinite(img).all() and -2 < img.min() and img.max() < 2
     lo, hi = np.percentile(img, [1, 99])
     assert -1.25 < lo < -0.8 and 0.6 < hi < 1.25, (lo, hi)
-    assert np.all(img.reshape(64, -1).std(axis=1) > 0.2)  # not flat images
+    # not flat images (real test images: min std 0.18, 0.2% below 0.2; a thin sandal can be lower)
+    assert np.all(img.reshape(64, -1).std(axis=1) > 0.1)
     assert np.abs(img[:32] - img[32:]).mean() > 0.2  # z matters
     assert np.abs(img[..., :1] - img[..., 1:]).max() < 0.1  # gray, as trained
     border = np.concatenate(

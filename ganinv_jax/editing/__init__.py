@@ -1,0 +1,42 @@
+"""Editing what was inverted: latent directions (SeFa, GANSpace, InterFaceGAN), interpolation,
+style mixing (`directions`), and the main task `edit` (`task`, `--config.task=edit`)."""
+
+from ganinv_jax.editing.directions import (
+    FMNIST_CLASSES,
+    Direction,
+    DirectionError,
+    Resolver,
+    apply,
+    fit_linear_direction,
+    ganspace,
+    interfacegan_from_encoder,
+    interpolate,
+    load,
+    mix,
+    pca_directions,
+    resolve,
+    resolve_all,
+    save,
+    sefa,
+    sweep,
+)
+
+__all__ = [
+    "FMNIST_CLASSES",
+    "Direction",
+    "DirectionError",
+    "Resolver",
+    "apply",
+    "fit_linear_direction",
+    "ganspace",
+    "interfacegan_from_encoder",
+    "interpolate",
+    "load",
+    "mix",
+    "pca_directions",
+    "resolve",
+    "resolve_all",
+    "save",
+    "sefa",
+    "sweep",
+]
