@@ -230,13 +230,13 @@ def upscale(images: np.ndarray, scale: int) -> np.ndarray:
 
 
 def make_grid(
-    images: np.ndarray, ncols: int | None = None, pad: int = 2, min_cell: int = 0
+    images: np.ndarray, ncols: int | None = None, pad: int = 2, min_cell: int = READABLE_CELL
 ) -> np.ndarray:
     """[N, H, W, C] (uint8 or float in [-1, 1]) -> one [rows*H', cols*W', C] uint8 grid.
 
     Cells are separated by `pad` white pixels. `min_cell` upscales each image (nearest
     neighbour, an integer factor) until it is at least that many pixels tall, so 32-px images
-    stay readable in a README or TensorBoard.
+    stay readable in a README or TensorBoard (0: no upscaling).
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:

@@ -457,7 +457,6 @@ def execute(config, workdir, inv, gan, gens, directions, strengths, keep) -> dic
             grid = image_io.make_grid(
                 rows.reshape(d * (s + 1), *recon.shape),
                 ncols=s + 1,
-                min_cell=image_io.READABLE_CELL,
             )
             image_io.save_png(at(out("grids", f"{image_id:08d}.png")), grid)
             try:

@@ -80,9 +80,7 @@ def figure(config, root: str, out_png: str, n: int = 8) -> None:
         _, rec = invgan.reconstruct(nets, invgan.ema_vars(state), state.d, x)
         rows = [x] if rows is None else rows
         rows.append(np.clip(rec, -1, 1))
-    image_io.save_png(
-        out_png, image_io.make_grid(np.concatenate(rows), n, min_cell=image_io.READABLE_CELL)
-    )
+    image_io.save_png(out_png, image_io.make_grid(np.concatenate(rows), n))
 
 
 def run(config, workdir: str) -> dict:

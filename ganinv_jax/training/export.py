@@ -53,7 +53,7 @@ def export_trees(state) -> dict:
 def sample_grid(nets, g_vars, n: int = 64, seed: int = 123) -> np.ndarray:
     z = jax.random.normal(jax.random.key(seed), (n, nets.z_dim))
     imgs = jax.jit(lambda v, z: nets.synthesis(v, nets.mapping(v, z)))(g_vars, z)
-    return image_io.make_grid(np.asarray(imgs), 8, min_cell=image_io.READABLE_CELL)
+    return image_io.make_grid(np.asarray(imgs), 8)
 
 
 def reconstruction_grid(nets, g_vars, d_params, test_images, n: int = 16) -> np.ndarray:
@@ -64,7 +64,7 @@ def reconstruction_grid(nets, g_vars, d_params, test_images, n: int = 16) -> np.
     rows = []
     for i in range(0, n, 8):
         rows += [x[i : i + 8], np.clip(rec[i : i + 8], -1, 1), np.clip(diff[i : i + 8], -1, 1)]
-    return image_io.make_grid(np.concatenate(rows), 8, min_cell=image_io.READABLE_CELL)
+    return image_io.make_grid(np.concatenate(rows), 8)
 
 
 def generated_images(gan, n: int, seed: int = 0, batch: int = 500) -> np.ndarray:
