@@ -257,16 +257,13 @@ class Generators:
                 f"{where}: the inversion's input ({source.describe()}) changed since it ran; "
                 "GMM edits need the same target images"
             )
-        pp = self.inv.run.get("preprocess", {})
-        cg = self.gan.config
-        self.pre = sources.Preprocess(
-            resolution=cg.resolution,
-            channels=cg.img_channels,
-            resize_mode=pp.get("resize_mode", config.data.resize_mode),
-            background=int(pp.get("background", config.data.background)),
-            max_pixels=int(pp.get("max_pixels", config.data.max_pixels)),
-            align=sources.resolve_align(config.data.align),
+        # the settings the manifest recorded for the run win over its summary's config
+        recorded = self.inv.run.get("preprocess", {})
+        config.data.update(
+            {k: recorded[k] for k in ("resize_mode", "background", "max_pixels") if k in recorded}
         )
+        cg = self.gan.config
+        self.pre = sources.preprocess_for(config.data, cg)
         lpips_params, net = None, losses.perceptual.canonical_net(config.lpips_net)
         if cfg.perceptual == "lpips":
             try:

@@ -224,14 +224,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
             f"config.method='clone' needs a discriminator; {config.generator!r} has "
             "none (convert it without --no-d)"
         )
-    pre = sources.Preprocess(
-        resolution=g_cfg.resolution,
-        channels=g_cfg.img_channels,
-        resize_mode=config.data.resize_mode,
-        background=int(config.data.background),
-        max_pixels=int(config.data.max_pixels),
-        align=sources.resolve_align(config.data.align),
-    )
+    pre = sources.preprocess_for(config.data, g_cfg)
     if devices is not None and jax.process_count() > 1:
         raise JobError("explicit devices are for single-process runs only")
     local = list(devices) if devices is not None else jax.local_devices()

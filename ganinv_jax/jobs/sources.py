@@ -259,6 +259,19 @@ def resolve_align(spec: Any) -> Optional[Callable]:
         raise SourceError(f"data.align {spec!r}: cannot import ({e})") from None
 
 
+def preprocess_for(data_cfg, g_cfg) -> Preprocess:
+    """How `config.data`'s images become images of the generator `g_cfg` (its resolution and
+    channels): the one place the invert job and the edit task build their Preprocess."""
+    return Preprocess(
+        resolution=g_cfg.resolution,
+        channels=g_cfg.img_channels,
+        resize_mode=data_cfg.resize_mode,
+        background=int(data_cfg.background),
+        max_pixels=int(data_cfg.max_pixels),
+        align=resolve_align(data_cfg.align),
+    )
+
+
 def open_source(data_cfg) -> Source:
     """The source that config.data names; the bundled sample when it names none."""
     limit = int(data_cfg.limit or 0)
