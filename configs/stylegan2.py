@@ -106,6 +106,7 @@ def get_config(variant: str = ""):
     config.edit.max_images = 0  # first N inverted images (0: all)
     config.edit.ganspace_samples = 10000  # mapped z of GANSpace's PCA (seed: config.seed)
     config.edit.interfacegan_per_class = 500  # encoded train images per class
+    config.edit.measure = True  # edit.json 'measured': LPIPS moved, editability, label proxy
 
     if variant == "tiny":
         config.steps = 5

@@ -11,6 +11,7 @@ from _ci import needs_fmnist  # noqa: E402  (skips locally, fails under CI=true)
 
 from ganinv_jax import data as data_lib
 from ganinv_jax.data import fashion_mnist as fm
+from ganinv_jax.data import images as image_io
 
 
 def _write_idx(path, arr):
@@ -133,3 +134,19 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"garbage")
     with pytest.raises(data_lib.DatasetError, match="no readable images"):
         data_lib.load_image_folder(str(tmp_path), 16)
+
+
+def test_make_grid_labels_add_a_header_line_and_a_margin_with_text():
+    cells = np.zeros((6, 16, 16, 3), np.uint8) + 200
+    plain = image_io.make_grid(cells, ncols=3)
+    labelled = image_io.make_grid(
+        cells, ncols=3, col_labels=["target", "recon", "edit"], row_labels=["a", "sefa:0"]
+    )
+    top = labelled.shape[0] - plain.shape[0]
+    left = labelled.shape[1] - plain.shape[1]
+    assert top == image_io.LABEL_PX + 6 and left > 0
+    np.testing.assert_array_equal(labelled[top:, left:], plain)  # the cells are untouched
+    assert labelled[:top, left:].min() < 100  # dark text on white
+    assert labelled[top:, :left].min() < 100
+    with pytest.raises(ValueError, match="2 column labels for 3 columns"):
+        image_io.make_grid(cells, ncols=3, col_labels=["a", "b"])

@@ -23,7 +23,9 @@ import _ci  # noqa: E402
 import test_invert_job_support as support  # noqa: E402
 
 from ganinv_jax import pretrained  # noqa: E402
+from ganinv_jax.data import images as image_io  # noqa: E402
 from ganinv_jax.editing import directions as dirs  # noqa: E402
+from ganinv_jax.editing import measure  # noqa: E402
 from ganinv_jax.editing import task as edit_task  # noqa: E402
 from ganinv_jax.errors import UserError  # noqa: E402
 from ganinv_jax.jobs import invert  # noqa: E402
@@ -163,6 +165,23 @@ def test_interfacegan_from_the_default_encoder():
 
 
 # ----------------------------------------------------------------------------- edits
+
+
+def test_editability_summary_and_label_proxy():
+    tuned = np.array([[[0.2, 0.4]], [[0.1, 0.1]]])  # 2 images, 1 direction, 2 strengths
+    base = np.array([[[0.3, 0.3]], [[0.2, 0.2]]])
+    ed = measure.summarize_editability(tuned, base, ["d"])
+    assert ed["ratio"] == pytest.approx((1.0 + 0.5) / 2)  # per-image ratios, then the mean
+    assert ed["ratio_of_means"] == pytest.approx(0.2 / 0.25)
+    assert ed["per_direction"]["d"]["ratio_median"] == pytest.approx(0.75)
+    means = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])  # classes 0, 1, 2
+    recon = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])  # all nearest class 0
+    edited = np.array([[6.0, 0.0], [1.0, 0.0], [-3.0, 0.0]])  # toward 1, away, away
+    proxy = measure.label_proxy(recon, edited, means, 0, 1)
+    assert proxy["moved_toward_b"] == pytest.approx(1 / 3)
+    assert proxy["nearest_is_b_before"] == 0 and proxy["nearest_is_b_after"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match=r"no codes for classes \[2\]"):
+        measure.class_means({0: recon, 1: edited}, 3)
 
 
 def test_apply_moves_only_the_selected_layers(gan):
@@ -313,9 +332,15 @@ def inv_pti(tmp_path_factory, gen_dir, data):
     )
 
 
+ROWS, COLS = 2, 4  # the edit grids below: 2 directions; reconstruction + 3 strengths
+
+
 def cell(grid: np.ndarray, row: int, col: int) -> np.ndarray:
-    """One cell of a grayscale grid PNG, back at G's resolution (nearest-upscaled 128 / 16)."""
-    y, x = PAD + row * (CELL + PAD), PAD + col * (CELL + PAD)
+    """One cell of a grayscale grid PNG, back at G's resolution (nearest-upscaled 128 / 16).
+    The cells sit below the header line and right of the row labels."""
+    top = grid.shape[0] - (PAD + ROWS * (CELL + PAD))
+    left = grid.shape[1] - (PAD + COLS * (CELL + PAD))
+    y, x = top + PAD + row * (CELL + PAD), left + PAD + col * (CELL + PAD)
     return grid[y : y + CELL : CELL // RES, x : x + CELL : CELL // RES].astype(np.int32)
 
 
@@ -341,7 +366,10 @@ def check_edit_outputs(wd, inv_dir, gan, strengths):
     grids = {}
     for i in src["ids"]:
         g = np.asarray(Image.open(os.path.join(wd, "grids", f"{int(i):08d}.png")))
-        assert g.shape == (PAD + 2 * (CELL + PAD), PAD + 4 * (CELL + PAD))  # 2 rows, recon + 3
+        top = g.shape[0] - (PAD + ROWS * (CELL + PAD))
+        left = g.shape[1] - (PAD + COLS * (CELL + PAD))
+        assert top == image_io.LABEL_PX + 6 and 0 < left <= 2 * CELL  # header line, row labels
+        assert g[:top].min() < 128 and g[top:, :left].min() < 128  # ... with text in them
         for row in range(2):
             recon = cell(g, row, 0)
             np.testing.assert_array_equal(cell(g, row, 2), recon)  # strength 0 = reconstruction
@@ -360,6 +388,9 @@ def test_edit_task_latent_opt(tmp_path, gen_dir, gan, inv_latent_opt):
     edit_task.run(edit_config(gen_dir, inv_latent_opt), wd)
     edits, grids = check_edit_outputs(wd, inv_latent_opt, gan, [-3, 0, 3])
     assert list(edits["generator"]) == ["base", "base"]
+    measured = json.load(open(os.path.join(wd, "edit.json")))["measured"]
+    assert measured["strengths"] == [-3, 3] and "editability" not in measured  # base G only
+    assert all(v > 0 for v in measured["lpips_moved"].values())
     for i, g in grids.items():  # the reconstruction column is the invert job's reconstruction
         assert np.abs(cell(g, 0, 0) - recon_png(inv_latent_opt, i)).max() <= 1
 
@@ -376,6 +407,11 @@ def test_edit_task_pti_uses_the_tuned_generator(tmp_path, gen_dir, gan, inv_pti)
         assert np.abs(cell(g, 0, 0) - want).max() <= 1  # tuned G reproduces PTI's recon
         base = np.clip(np.rint((base_imgs[k, ..., 0] + 1) * 127.5), 0, 255)
         assert np.abs(base - want).mean() > 3  # ...which the base G would not
+    ed = json.load(open(os.path.join(wd, "edit.json")))["measured"]["editability"]
+    assert ed["images"] == 2 and set(ed["per_direction"]) == {"sefa:0", "ganspace:0"}
+    assert ed["lpips_moved_tuned"] > 0 and ed["lpips_moved_base"] > 0
+    # the base G's movement is measured on the base G: it differs from the tuned one
+    assert ed["lpips_moved_tuned"] != ed["lpips_moved_base"]
 
 
 def test_edit_task_bad_input_one_line_before_any_output(tmp_path, gen_dir, inv_latent_opt):

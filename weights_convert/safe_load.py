@@ -151,6 +151,8 @@ def _allowed_table(load_from_bytes: Callable) -> dict[tuple[str, str], Any]:
         ("builtins", "frozenset"): frozenset,
         ("builtins", "slice"): slice,
         ("argparse", "Namespace"): Namespace,
+        # pytorch_GAN_zoo's config: an empty class whose pickle only fills `__dict__`.
+        ("models.utils.config", "BaseConfig"): Namespace,
         ("dnnlib.util", "EasyDict"): dict,
         ("dnnlib.easydict", "EasyDict"): dict,
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,

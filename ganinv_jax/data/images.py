@@ -16,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ganinv_jax import atomic
 
@@ -229,14 +229,61 @@ def upscale(images: np.ndarray, scale: int) -> np.ndarray:
     return np.repeat(np.repeat(images, scale, axis=-3), scale, axis=-2)
 
 
+LABEL_PX = 14  # text height of grid labels; the strip is LABEL_PX + 6 px
+
+
+def _font(px: int):
+    # Pillow's embedded font: no file, no download; the bitmap fallback if FreeType is absent.
+    try:
+        return ImageFont.load_default(size=px)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    """`text`, cut with an ellipsis until it fits `width` px."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _text_width(labels) -> int:
+    draw, font = ImageDraw.Draw(Image.new("L", (1, 1))), _font(LABEL_PX)
+    return int(max(draw.textlength(str(t), font=font) for t in labels))
+
+
+def _label_strip(labels, cell: int, pad: int, height: int, c: int, vertical: bool) -> np.ndarray:
+    """One white strip with each label centred over (or beside) its cell."""
+    length = len(labels) * (cell + pad) + pad
+    canvas = Image.new("L", (height, length) if vertical else (length, height), 255)
+    draw, font = ImageDraw.Draw(canvas), _font(LABEL_PX)
+    for i, text in enumerate(labels):
+        start = pad + i * (cell + pad)
+        if vertical:
+            text = _fit(draw, str(text), font, height - 4)
+            draw.text((2, start + cell // 2), text, fill=0, font=font, anchor="lm")
+        else:
+            text = _fit(draw, str(text), font, cell - 2)
+            draw.text((start + cell // 2, height // 2), text, fill=0, font=font, anchor="mm")
+    return np.repeat(np.asarray(canvas)[..., None], c, axis=-1)
+
+
 def make_grid(
-    images: np.ndarray, ncols: int | None = None, pad: int = 2, min_cell: int = READABLE_CELL
+    images: np.ndarray,
+    ncols: int | None = None,
+    pad: int = 2,
+    min_cell: int = READABLE_CELL,
+    col_labels: Optional[Sequence[str]] = None,
+    row_labels: Optional[Sequence[str]] = None,
 ) -> np.ndarray:
     """[N, H, W, C] (uint8 or float in [-1, 1]) -> one [rows*H', cols*W', C] uint8 grid.
 
     Cells are separated by `pad` white pixels. `min_cell` upscales each image (nearest
     neighbour, an integer factor) until it is at least that many pixels tall, so 32-px images
-    stay readable in a README or TensorBoard (0: no upscaling).
+    stay readable in a README or TensorBoard (0: no upscaling). `col_labels` (one per column)
+    adds a header line saying what each column is; `row_labels` (one per row) a left margin.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
@@ -250,6 +297,19 @@ def make_grid(
         r, q = divmod(i, ncols)
         y, x = pad + r * (h + pad), pad + q * (w + pad)
         grid[y : y + h, x : x + w] = images[i]
+    strip = LABEL_PX + 6
+    if col_labels is not None:
+        if len(col_labels) != ncols:
+            raise ValueError(f"make_grid: {len(col_labels)} column labels for {ncols} columns")
+        grid = np.concatenate([_label_strip(col_labels, w, pad, strip, c, False), grid], axis=0)
+    if row_labels is not None:
+        if len(row_labels) != nrows:
+            raise ValueError(f"make_grid: {len(row_labels)} row labels for {nrows} rows")
+        width = min(2 * w, _text_width(row_labels) + 8)  # long names are cut with "…"
+        side = _label_strip(row_labels, h, pad, width, c, True)
+        if col_labels is not None:  # the corner above the row labels
+            side = np.concatenate([np.full((strip, width, c), 255, np.uint8), side], axis=0)
+        grid = np.concatenate([side, grid], axis=1)
     return grid
 
 

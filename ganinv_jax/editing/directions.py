@@ -445,6 +445,30 @@ def encode_images(gan, images_uint8: np.ndarray, batch_size: int = 250) -> np.nd
     return np.concatenate(out)[:n]
 
 
+def labelled_codes(
+    gan, classes: Sequence[int], per_class: int = 500, seed: int = 0, data_dir: Optional[str] = None
+) -> dict[int, np.ndarray]:
+    """{class index: encoder latents [n, w_dim]} of `per_class` seeded Fashion-MNIST train images
+    of each class (the default model's own data, with its real labels)."""
+    from ganinv_jax import data as data_lib
+
+    images, labels = data_lib.load_fashion_mnist(
+        "train",
+        data_dir or data_lib.DEFAULT_DIR,
+        resolution=gan.config.resolution,
+        channels=gan.config.img_channels,
+        with_labels=True,
+    )
+    rng = np.random.default_rng(seed)
+    picks = {}
+    for i in classes:
+        pool = np.flatnonzero(labels == i)
+        picks[i] = np.sort(rng.choice(pool, size=min(int(per_class), len(pool)), replace=False))
+    w = encode_images(gan, images[np.concatenate(list(picks.values()))])
+    bounds = np.cumsum([0] + [len(p) for p in picks.values()])
+    return {c: w[bounds[k] : bounds[k + 1]] for k, c in enumerate(picks)}
+
+
 def interfacegan_from_encoder(
     gan,
     class_a: str,
@@ -456,27 +480,13 @@ def interfacegan_from_encoder(
 ) -> Direction:
     """InterFaceGAN direction A -> B fitted on the encoder's latents of `per_class` seeded
     Fashion-MNIST train images of each class (the default model's own data)."""
-    from ganinv_jax import data as data_lib
-
     ia, ib = class_index(class_a), class_index(class_b)
     if not has_encoder(gan):
         raise DirectionError(
             f"interfacegan:{class_a}-{class_b}: the generator has no encoder (InvGAN w head)"
         )
-    images, labels = data_lib.load_fashion_mnist(
-        "train",
-        data_dir or data_lib.DEFAULT_DIR,
-        resolution=gan.config.resolution,
-        channels=gan.config.img_channels,
-        with_labels=True,
-    )
-    rng = np.random.default_rng(seed)
-    picks = []
-    for i in (ia, ib):
-        pool = np.flatnonzero(labels == i)
-        picks.append(np.sort(rng.choice(pool, size=min(int(per_class), len(pool)), replace=False)))
-    w = encode_images(gan, images[np.concatenate(picks)])
-    normal, info = fit_linear_direction(w[: len(picks[0])], w[len(picks[0]) :])
+    codes = labelled_codes(gan, (ia, ib), per_class, seed, data_dir)
+    normal, info = fit_linear_direction(codes[ia], codes[ib])
     return Direction(
         kind="interfacegan",
         vector=normal,

@@ -15,7 +15,11 @@ and at the end
   W_EDIT/edits.npz      ids, directions (names), strengths, latents [N, D, S, num_ws, w_dim]
                         (the edited W+), vectors, masks, scales, generator ('tuned'|'base' per id);
   W_EDIT/directions/    each resolved direction as a reusable .npz (a spec of its own);
-  W_EDIT/edit.json      the settings and the directions' metadata;
+  W_EDIT/edit.json      the settings, the directions' metadata and, with `edit.measure`, what
+                        the edits did (`measured`): the LPIPS each direction moves the picture;
+                        for a tuned generator the same on the base G at the same latents and
+                        their ratio (`editability`, near 1 = editability kept); for InterFaceGAN
+                        A-B directions the label proxy (`editing/measure.py`);
   W_EDIT/tensorboard/   the grids as image summaries.
 
 Which generator synthesizes the edits: the one each image was inverted with.
@@ -52,6 +56,7 @@ from absl import logging
 from ganinv_jax import atomic
 from ganinv_jax.data import images as image_io
 from ganinv_jax.editing import directions as dirs
+from ganinv_jax.editing import measure
 from ganinv_jax.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -412,6 +417,83 @@ def run(config, workdir: str) -> dict:
     return execute(config, workdir, inv, gan, gens, directions, strengths, keep)
 
 
+class Measurer:
+    """`edit.measure`: the LPIPS each edit moves the picture on the image's generator and on the
+    base G (editability; tuned generators only), and for InterFaceGAN directions the label
+    proxy (nearest class mean of encoder latents) of the strongest positive edit."""
+
+    def __init__(self, config, gan, gens, directions, strengths, n: int):
+        from ganinv_jax import losses
+
+        self.gan, self.gens, self.strengths = gan, gens, np.asarray(strengths)
+        self.moving = np.flatnonzero(self.strengths != 0)
+        self.tuned = gens.mode != "base"
+        d = len(directions)
+        self.moved = np.zeros((n, d, len(self.moving)))
+        self.moved_base = np.zeros_like(self.moved)
+        self.lpips_params = losses.load_lpips_params("vgg")
+        self._lpips = losses.lpips_apply
+        # label proxy: InterFaceGAN directions, a positive strength and an encoder to read codes
+        self.proxy = [r for r, x in enumerate(directions) if x.kind == "interfacegan"]
+        self.top = int(np.argmax(self.strengths))
+        if self.strengths[self.top] <= 0 or not dirs.has_encoder(gan):
+            self.proxy = []
+        self.means = None
+        if self.proxy:
+            codes = dirs.labelled_codes(
+                gan,
+                range(len(dirs.FMNIST_CLASSES)),
+                int(config.edit.interfacegan_per_class),
+                int(config.seed),
+            )
+            self.means = measure.class_means(codes, len(dirs.FMNIST_CLASSES))
+        self.classes = [
+            tuple(dirs.class_index(c) for c in directions[r].classes) for r in self.proxy
+        ]
+        self.codes = np.zeros((n, len(self.proxy), 2, self.means.shape[1] if self.proxy else 0))
+
+    def _rgb(self, x):
+        return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+    def _moved(self, recon, cells):
+        """recon [H, W, C], cells [D, S, H, W, C] -> [D, S'] LPIPS (nonzero strengths)."""
+        edited = self._rgb(cells[:, self.moving].reshape(-1, *recon.shape))
+        origin = np.broadcast_to(self._rgb(recon), edited.shape)
+        moved = measure.lpips_moved(
+            lambda a, b: self._lpips(self.lpips_params, a, b), origin[0], edited
+        )
+        return moved.reshape(cells.shape[0], len(self.moving))
+
+    def add(self, k: int, ws, recon, cells, noise) -> None:
+        self.moved[k] = self._moved(recon, cells)
+        if self.tuned:
+            base = np.asarray(
+                self.gan.synthesis(ws, noise=noise, variables=self.gens.base), np.float32
+            )
+            self.moved_base[k] = self._moved(base[0], base[1:].reshape(cells.shape))
+        for q, r in enumerate(self.proxy):
+            pair = np.stack([recon, cells[r, self.top]])
+            self.codes[k, q] = dirs.encode_images(self.gan, image_io.to_uint8(pair))
+
+    def report(self, directions) -> dict:
+        names = [x.name for x in directions]
+        out = {"strengths": self.strengths[self.moving].tolist()}
+        out["lpips_moved"] = {n: float(self.moved[:, r].mean()) for r, n in enumerate(names)}
+        if self.tuned:
+            out["editability"] = measure.summarize_editability(self.moved, self.moved_base, names)
+        if self.proxy:
+            out["label_proxy"] = {
+                "strength": float(self.strengths[self.top]),
+                "per_direction": {
+                    names[r]: measure.label_proxy(
+                        self.codes[:, q, 0], self.codes[:, q, 1], self.means, a, b
+                    )
+                    for q, (r, (a, b)) in enumerate(zip(self.proxy, self.classes))
+                },
+            }
+        return out
+
+
 def execute(config, workdir, inv, gan, gens, directions, strengths, keep) -> dict:
     from ganinv_jax.jobs import reporting
 
@@ -426,6 +508,10 @@ def execute(config, workdir, inv, gan, gens, directions, strengths, keep) -> dic
         writing["path"] = path
         return path
 
+    measurer = (
+        Measurer(config, gan, gens, directions, strengths, n) if config.edit.measure else None
+    )
+    header = [f"recon ({inv.method})"] + [f"{v:+g}" for v in strengths]
     t0 = time.perf_counter()
     logging.info(
         "edit: %d images of %s (%s, generator %s), %d directions x %d strengths",
@@ -450,10 +536,14 @@ def execute(config, workdir, inv, gan, gens, directions, strengths, keep) -> dic
                 gan.synthesis(ws, noise=gens.noise(image_id), variables=variables), np.float32
             )
             recon, cells = imgs[0], imgs[1:].reshape(d, s, *imgs.shape[1:])
+            if measurer is not None:
+                measurer.add(k, ws, recon, cells, gens.noise(image_id))
             rows = np.concatenate([np.broadcast_to(recon, (d, 1, *recon.shape)), cells], axis=1)
             grid = image_io.make_grid(
                 rows.reshape(d * (s + 1), *recon.shape),
                 ncols=s + 1,
+                col_labels=header,
+                row_labels=[x.name for x in directions],
             )
             image_io.save_png(at(out("grids", f"{image_id:08d}.png")), grid)
             try:
@@ -502,6 +592,8 @@ def execute(config, workdir, inv, gan, gens, directions, strengths, keep) -> dic
                 for x, f in zip(directions, files)
             ],
         }
+        if measurer is not None:
+            report["measured"] = measurer.report(directions)
         atomic.write_json(at(out("edit.json")), report)
         writer.flush()
     except OSError as e:

@@ -498,7 +498,8 @@ def comparison_grid(local: dict, max_pairs: int) -> Optional[np.ndarray]:
     pairs = np.stack(
         [x for j in keep for x in (local["images"][j], np.clip(local["recon"][j], -1, 1))]
     )
-    return image_io.make_grid(pairs, ncols=min(8, 2 * len(keep)))
+    ncols = min(8, 2 * len(keep))
+    return image_io.make_grid(pairs, ncols=ncols, col_labels=["target", "recon"] * (ncols // 2))
 
 
 def process_chunk(

@@ -80,7 +80,8 @@ def figure(config, root: str, out_png: str, n: int = 8) -> None:
         _, rec = invgan.reconstruct(nets, invgan.ema_vars(state), state.d, x)
         rows = [x] if rows is None else rows
         rows.append(np.clip(rec, -1, 1))
-    image_io.save_png(out_png, image_io.make_grid(np.concatenate(rows), n))
+    labels = ["test image", *VARIANT_ORDER]
+    image_io.save_png(out_png, image_io.make_grid(np.concatenate(rows), n, row_labels=labels))
 
 
 def run(config, workdir: str) -> dict:

@@ -64,7 +64,8 @@ def reconstruction_grid(nets, g_vars, d_params, test_images, n: int = 16) -> np.
     rows = []
     for i in range(0, n, 8):
         rows += [x[i : i + 8], np.clip(rec[i : i + 8], -1, 1), np.clip(diff[i : i + 8], -1, 1)]
-    return image_io.make_grid(np.concatenate(rows), 8)
+    labels = ["real", "G(D_w(real))", "|diff|"] * (len(rows) // 3)
+    return image_io.make_grid(np.concatenate(rows), 8, row_labels=labels)
 
 
 def generated_images(gan, n: int, seed: int = 0, batch: int = 500) -> np.ndarray:
