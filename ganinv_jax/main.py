@@ -51,6 +51,7 @@ TASKS = {
     "export": "ganinv_jax.training.export:run",
     "ablation": "ganinv_jax.training.ablation:run",
     "edit": "ganinv_jax.editing.task:run",
+    "train_encoder": "ganinv_jax.training.encoder:train_and_evaluate",
 }
 
 

@@ -240,7 +240,7 @@ def _font(px: int):
         return ImageFont.load_default()
 
 
-def _fit(draw, text: str, font, width: int) -> str:
+def _fit_text(draw, text: str, font, width: int) -> str:
     """`text`, cut with an ellipsis until it fits `width` px."""
     if draw.textlength(text, font=font) <= width:
         return text
@@ -262,10 +262,10 @@ def _label_strip(labels, cell: int, pad: int, height: int, c: int, vertical: boo
     for i, text in enumerate(labels):
         start = pad + i * (cell + pad)
         if vertical:
-            text = _fit(draw, str(text), font, height - 4)
+            text = _fit_text(draw, str(text), font, height - 4)
             draw.text((2, start + cell // 2), text, fill=0, font=font, anchor="lm")
         else:
-            text = _fit(draw, str(text), font, cell - 2)
+            text = _fit_text(draw, str(text), font, cell - 2)
             draw.text((start + cell // 2, height // 2), text, fill=0, font=font, anchor="mm")
     return np.repeat(np.asarray(canvas)[..., None], c, axis=-1)
 

@@ -63,26 +63,38 @@ class AttentionConfig:
 # ----------------------------------------------------------------------------- image loss
 
 
+TERMS = ("mse", "cos", "lpips", "ssim")
+
+
+def weighted_terms(cfg: ImageLossConfig) -> tuple[str, ...]:
+    """The L_img terms with a non-zero weight (the only ones `image_loss` computes)."""
+    return tuple(t for t in TERMS if getattr(cfg, f"w_{t}") != 0)
+
+
 def image_loss_terms(
     x: jax.Array,
     x_rec: jax.Array,
     lpips_params: Any = None,
     cfg: ImageLossConfig = ImageLossConfig(),
+    names: tuple[str, ...] = TERMS,
 ) -> dict[str, jax.Array]:
-    """The four L_img terms per image ([N] each): mse, cos (=1-cos), lpips, ssim (=1-SSIM)."""
+    """The L_img terms per image ([N] each): mse, cos (=1-cos), lpips, ssim (=1-SSIM).
+
+    `names` picks the terms computed (all four by default)."""
     common.check_image_pair(x, x_rec, "image_loss")
-    if lpips_params is None:
+    if lpips_params is None and "lpips" in names:
         lpips_params = lpips_lib.load_lpips_params(cfg.lpips_net)
     xp = common.pool_to_max_size(x, cfg.max_size)
     rp = common.pool_to_max_size(x_rec, cfg.max_size)
-    return {
-        "mse": common.mse(x, x_rec),
-        "cos": 1.0 - common.cosine_similarity(x, x_rec, cfg.cos_mode),
-        "lpips": lpips_lib.lpips_apply(
+    fns = {
+        "mse": lambda: common.mse(x, x_rec),
+        "cos": lambda: 1.0 - common.cosine_similarity(x, x_rec, cfg.cos_mode),
+        "lpips": lambda: lpips_lib.lpips_apply(
             lpips_params, xp, rp, net=cfg.lpips_net, dtype=cfg.lpips_dtype
         ),
-        "ssim": 1.0 - ssim_lib.ssim(xp, rp),
+        "ssim": lambda: 1.0 - ssim_lib.ssim(xp, rp),
     }
+    return {t: fns[t]() for t in names}
 
 
 def image_loss(
@@ -91,14 +103,12 @@ def image_loss(
     lpips_params: Any = None,
     cfg: ImageLossConfig = ImageLossConfig(),
 ) -> jax.Array:
-    """L_img = 5 MSE + 3 (1 - cos) + 2 LPIPS + 1 (1 - SSIM) per image ([N])."""
-    t = image_loss_terms(x, x_rec, lpips_params, cfg)
-    return (
-        cfg.w_mse * t["mse"]
-        + cfg.w_cos * t["cos"]
-        + cfg.w_lpips * t["lpips"]
-        + cfg.w_ssim * t["ssim"]
-    )
+    """L_img = 5 MSE + 3 (1 - cos) + 2 LPIPS + 1 (1 - SSIM) per image ([N]).
+
+    Terms with weight 0 are not computed (XLA would not drop a `0 * LPIPS` by itself)."""
+    names = weighted_terms(cfg)
+    t = image_loss_terms(x, x_rec, lpips_params, cfg, names)
+    return sum((getattr(cfg, f"w_{k}") * t[k] for k in names), jnp.zeros((x.shape[0],)))
 
 
 # ----------------------------------------------------------------------------- attentions
@@ -169,7 +179,7 @@ def attention_image_loss(
     classifier_params: Mapping | None = None,
 ) -> jax.Array:
     """L_img(x, x') + mu1 L_img(AT1) + mu2 L_img(AT2) per image ([N])."""
-    if lpips_params is None:
+    if lpips_params is None and ("lpips" in weighted_terms(cfg) or att.mode == "gradcam"):
         lpips_params = lpips_lib.load_lpips_params(cfg.lpips_net)
     total = image_loss(x, x_rec, lpips_params, cfg)
     for mu, (a, b) in zip(att.mu, attention_pairs(x, x_rec, att, lpips_params, classifier_params)):

@@ -77,11 +77,14 @@ def train_loop(
     log_every: int = 50,
     hooks: Sequence[Callable[[int, Any], None]] = (),
     stop_after: Optional[int] = None,
+    stop_when: Optional[Callable[[int, Any], bool]] = None,
 ) -> tuple[Any, int, str]:
     """Run steps [start_step, num_steps). Returns (state, step reached, reason).
 
-    reason: 'done' | 'sigterm' | 'stop_after'. `stop_after` ends early after that many steps
-    (tests use it to emulate a kill); every exit path checkpoints when `mgr` is given.
+    reason: 'done' | 'sigterm' | 'stop_after' | 'early_stop'. `stop_after` ends early after that
+    many steps (tests use it to emulate a kill); `stop_when(step, state)` ends the run when true
+    (early stopping; it must give the same answer on every process, e.g. read replicated state);
+    every exit path checkpoints when `mgr` is given.
     """
     last_good = mgr.latest_step() if mgr is not None else None
     step, reason = start_step, "done"
@@ -140,6 +143,9 @@ def train_loop(
                 break
             if stop_after is not None and step - start_step >= stop_after:
                 reason = "stop_after"
+                break
+            if stop_when is not None and stop_when(step, state):
+                reason = "early_stop"
                 break
         save(step)
         if mgr is not None:
