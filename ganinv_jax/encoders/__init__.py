@@ -18,6 +18,7 @@ Training: `ganinv_jax.training.encoder`. Images are NHWC in [-1, 1] with 1 or 3 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -277,3 +278,44 @@ def read_dir(path: str) -> tuple[EncoderConfig, Any, dict]:
         ) from None
     pretrained._check_like(params, abstract, params_dir)
     return cfg, params, doc
+
+
+class TrainedEncoder:
+    """A trained encoder read from its DIR: `encode(images) -> latents` at one forward pass.
+
+    `encode` returns the encoder's own latent ([N, num_ws, w_dim] W+, or [N, z_dim | w_dim]);
+    `encode_ws(images, gan)` gives G's ws whatever the target (z through `gan`'s mapping)."""
+
+    def __init__(self, cfg: EncoderConfig, params: Any, doc: Optional[Mapping] = None, path=""):
+        self.config, self.params, self.doc, self.path = cfg, params, dict(doc or {}), path
+        self._encode = jax.jit(functools.partial(encode, cfg))
+
+    @classmethod
+    def load(cls, path: str) -> "TrainedEncoder":
+        cfg, params, doc = read_dir(path)
+        return cls(cfg, params, doc, os.path.abspath(path))
+
+    def check_generator(self, gan_config, where: str = "") -> None:
+        """One-line ValueError when this encoder was not made for a G of `gan_config`'s shape."""
+        c, want = self.config, gan_config
+        got = (c.resolution, c.img_channels, c.num_ws, c.w_dim, c.z_dim)
+        need = (want.resolution, want.img_channels, want.num_ws, want.w_dim, want.z_dim)
+        if got != need:
+            raise ValueError(
+                f"{where or self.path}: encoder is for a G with (resolution, channels, num_ws, "
+                f"w_dim, z_dim) = {got}, this G has {need}"
+            )
+
+    def encode(self, images: jax.Array) -> jax.Array:
+        """images [N, R, R, C] in [-1, 1] -> latents [N, *config.latent_shape]."""
+        return self._encode(self.params, jnp.asarray(images, jnp.float32))
+
+    def encode_ws(self, images: jax.Array, gan) -> jax.Array:
+        """images -> G's ws [N, num_ws, w_dim] (a z encoder goes through `gan`'s mapping)."""
+        return to_ws(self.config, self.encode(images), mapping=lambda z: gan.mapping(z))
+
+    def __repr__(self):
+        c = self.config
+        return (
+            f"TrainedEncoder({c.kind}, target={c.target}, res={c.resolution}, path={self.path!r})"
+        )

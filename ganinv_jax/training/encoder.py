@@ -433,7 +433,6 @@ def train_and_evaluate(
     `gan`: the generator to invert (default: `pretrained.load(config.generator)`); `stop_after`
     stops after that many steps (tests: a "kill"). Returns the final state.
     """
-    from clu import metric_writers
 
     os.makedirs(workdir, exist_ok=True)
     pid, nproc = jax.process_index(), jax.process_count()
@@ -455,15 +454,7 @@ def train_and_evaluate(
     if restored is None and config.encoder.init_from:
         state = warm_start(config, state, shardings)
     start = int(jax.device_get(state.step))
-    if pid == 0:
-        atomic.write_text(
-            os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
-        )
-    writer = metric_writers.create_default_writer(workdir, just_logging=pid > 0)
-    if start == 0:
-        writer.write_hparams(
-            {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        )
+    writer = loop_lib.open_run(config, workdir, start)
     aux = {
         "g": gan.G,
         "lpips": lpips_lib.load_lpips_params("vgg") if needs_lpips(config) else None,

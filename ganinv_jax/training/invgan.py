@@ -482,7 +482,6 @@ def train_and_evaluate(
 
     Returns the final state. `stop_after` stops after that many steps (tests: a "kill").
     """
-    from clu import metric_writers
 
     if config.variant not in VARIANTS:
         raise UserError(f"unknown variant {config.variant!r}: {sorted(VARIANTS)}")
@@ -505,15 +504,7 @@ def train_and_evaluate(
     if restored is None and config.get("init_from"):
         state = warm_start(state, config.init_from, shardings)
     start = int(jax.device_get(state.step))
-    if pid == 0:
-        atomic.write_text(
-            os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
-        )
-    writer = metric_writers.create_default_writer(workdir, just_logging=pid > 0)
-    if start == 0:
-        writer.write_hparams(
-            {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        )
+    writer = loop_lib.open_run(config, workdir, start)
     step_fn = jit_train_step(config, nets, shardings, mesh)
 
     def get_batch(step):

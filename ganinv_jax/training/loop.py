@@ -22,13 +22,14 @@ preemption notice on long `log_every` windows.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
-from ganinv_jax import checkpointing, preemption
+from ganinv_jax import atomic, checkpointing, preemption
 from ganinv_jax import progress as progress_lib
 
 
@@ -151,3 +152,22 @@ def train_loop(
         if mgr is not None:
             mgr.wait_until_finished()
     return state, step, reason
+
+
+def open_run(config, workdir: str, start_step: int):
+    """What every trainer does before its loop: WORKDIR/config.json (process 0) and a clu
+    metric writer (TensorBoard + log on process 0, log only elsewhere) with the config's scalar
+    hyperparameters written once, at the start of a run."""
+    from clu import metric_writers  # lazy: clu pulls in TensorFlow's summary writer
+
+    pid = jax.process_index()
+    if pid == 0:
+        atomic.write_text(
+            os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
+        )
+    writer = metric_writers.create_default_writer(workdir, just_logging=pid > 0)
+    if start_step == 0:
+        writer.write_hparams(
+            {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        )
+    return writer
