@@ -1,5 +1,6 @@
 """Batch GAN inversion with a StyleGAN2 generator (default: the embedded InvGAN Fashion-MNIST
-model).
+model) -- or any converted DIR: PGGAN (pytorch_GAN_zoo) and BigGAN (pytorch-pretrained-biggan)
+DIRs run with the same config (`--config.generator=DIR`; BigGAN's options in `config.biggan`).
 
   python -m ganinv_jax.main --config=configs/stylegan2.py --workdir=/tmp/ganinv
   python -m ganinv_jax.main --config=configs/stylegan2.py:tiny --workdir=/tmp/ganinv_tiny
@@ -9,6 +10,9 @@ model).
   python -m ganinv_jax.main --config=configs/stylegan2.py --workdir=W \
       --config.data.tfds_name=fashion_mnist --config.data.split=test --config.data.limit=256
   python -m ganinv_jax.main --config=configs/stylegan2.py --config.task=sample --workdir=W
+  python -m ganinv_jax.main --config=configs/stylegan2.py --workdir=W \
+      --config.generator=/path/to/biggan_dir --config.method=pti --config.biggan.truncation=0.4 \
+      --config.biggan.class_mode=given --config.biggan.class_index=207 --config.pti.lr=3e-4
 
 Contract keys (README): `task`, `method`, `steps`, `batch_size`, `seed`, `generator`,
 `data.path`, `data.tfds_name`, `data.split`, `data.limit`. Per-method hyperparameters live in
@@ -95,6 +99,16 @@ def get_config(variant: str = ""):
     config.sample.num = 16
     config.sample.truncation_psi = 1.0
     config.sample.noise_mode = "const"
+
+    # BigGAN generators only (a converted biggan-hf DIR; other architectures ignore these).
+    # Its latent is concat(z, class vector): latents.npz holds [N, z_dim + num_classes].
+    config.biggan = ml_collections.ConfigDict()
+    config.biggan.truncation = 1.0  # in (0, 1]: the BN-statistics row (as the package) and the
+    # scale of the prior's truncated z (regularizer / sample latents); task 'sample' uses it too
+    config.biggan.class_mode = "optimize"  # 'optimize': the class vector is optimized as logits
+    # (softmax) by latent_opt | 'given': every image's class is class_index, kept fixed
+    config.biggan.class_index = -1  # >= 0: start (and with 'given', keep) this class;
+    # -1: start from the uniform class vector (the prior's mean)
 
     # Editing an inversion (task 'edit', ganinv_jax/editing/task.py).
     config.edit = ml_collections.ConfigDict()

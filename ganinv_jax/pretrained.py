@@ -1,17 +1,36 @@
-"""Load a converted StyleGAN2 (see `weights_convert/`) and use it through pure functions.
+"""Load a converted GAN (see `weights_convert/`) and use it through pure functions.
+
+Every architecture loads as the same kind of object (a `GAN`):
 
     gan = pretrained.load("path/to/DIR")            # or pretrained.load("default")
+    gan.architecture                                # 'stylegan2' | 'pggan' | 'biggan'
+    gan.config, gan.params, gan.which, gan.meta, gan.G, gan.D
+    gan.z_dim, gan.resolution, gan.img_channels
+    img = gan.generate(z, c=None, truncation=1.0)   # [N, H, W, C] float32, NHWC
+    logits = gan.discriminate(img, c=None)          # where a D was converted
+
+`generate`: StyleGAN2 maps z with `truncation_psi=truncation` and synthesizes with constant
+noise; PGGAN takes z [N, z_dim] (c must be None; it has no truncation); BigGAN needs the class
+vector c [N, num_classes] and `truncation` (a static Python float in (0, 1]) selects the BN
+statistics exactly as pytorch-pretrained-biggan does (z is NOT truncated here: draw it with
+`gan.sample_inputs(key, n, truncation)`, the package's `truncated_noise_sample`).
+`which='G'` loads the raw (non-EMA) generator where the DIR has one (StyleGAN2 --raw-g, PGGAN
+netG); BigGAN has one generator.
+
+StyleGAN2 (`PretrainedGAN`) also has the two halves and the InvGAN encoder:
+
     ws = gan.mapping(z, truncation_psi=0.7)         # [N, num_ws, w_dim]
     img = gan.synthesis(ws, noise_mode="const")     # [N, H, W, C] float32, NHWC
     logits = gan.discriminate(img)                  # [N, 1]
 
 The methods are jit-compiled wrappers over *functional* forms that take the variables
-explicitly (`gan.mapping_fn(variables_G, z, ...)`, `gan.synthesis_fn(variables_G, ws, ...)`,
-`gan.discriminate_fn(variables_D, img, ...)`), which is what the inversion methods that tune
-G use. A variables tree is `{'params': ..., 'buffers': ...}` (G) or `{'params': ...}` (D).
+explicitly (`gan.generate_fn(variables_G, z, c, truncation)`, `gan.discriminate_fn(variables_D,
+img, c)`; StyleGAN2 `gan.mapping_fn(variables_G, z, ...)`, `gan.synthesis_fn(variables_G, ws,
+...)`), which is what the inversion methods that tune G use. A variables tree is
+`{'params': ..., ['buffers': ...]}`.
 
 DIR layout (written by `python -m weights_convert`):
-    DIR/config.json   architecture, StyleGAN2Config, source format/path/sha256, networks
+    DIR/config.json   architecture, the model config, source format/path/sha256, networks
     DIR/params/       orbax checkpoint of {'G_ema': vars, ['G': vars,] ['D': vars]}
 """
 
@@ -20,13 +39,15 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from ganinv_jax import checkpointing
 from ganinv_jax.errors import UserError
+from ganinv_jax.models import biggan as biggan_model
+from ganinv_jax.models import pggan as pggan_model
 from ganinv_jax.models.stylegan2 import (
     Discriminator,
     Generator,
@@ -66,18 +87,26 @@ def abstract_variables(cfg: StyleGAN2Config, networks: Sequence[str]) -> dict[st
 # ----------------------------------------------------------------------------- the GAN
 
 
-class PretrainedGAN:
-    """A StyleGAN2 G/D pair: config, variables trees and pure functions over them."""
+class GAN:
+    """What every loaded architecture offers: config, variables trees (`params` by network),
+    the selected generator (`which`), `meta` (config.json), `generate` and `discriminate`."""
+
+    architecture: ClassVar[str] = ""
+    networks: ClassVar[tuple[str, ...]] = ("G_ema", "G", "D")
+    no_d_hint: ClassVar[str] = "it was converted with --no-d, or the source had none"
 
     def __init__(
         self,
-        config: StyleGAN2Config,
+        config: Any,
         params: Mapping[str, Any],
         which: str = "G_ema",
         meta: Optional[Mapping[str, Any]] = None,
     ):
+        gens = tuple(n for n in self.networks if n != "D")
         if which not in GENERATORS:
             raise ValueError(f"which must be 'G_ema' or 'G', got {which!r}")
+        if which not in gens:
+            raise ValueError(f"a {self.architecture} GAN has one generator: use which='G_ema'")
         if which not in params:
             raise ValueError(
                 f"this GAN has no {which!r} network (has {sorted(params)}); "
@@ -87,27 +116,15 @@ class PretrainedGAN:
         self.params = dict(params)
         self.which = which
         self.meta = dict(meta or {})
-        self.generator = Generator(config)
-        self.discriminator = Discriminator(config)
-        self.num_ws = config.num_ws
-        self.noise_names = noise_layer_names(config)
-        # jit once per GAN; the variables are arguments, never baked-in constants.
-        self._mapping_static = jax.jit(
-            self.mapping_fn, static_argnames=("truncation_psi", "truncation_cutoff")
-        )
-        self._mapping_traced = jax.jit(self.mapping_fn, static_argnames=("truncation_cutoff",))
-        self._synthesis = jax.jit(self.synthesis_fn, static_argnames=("noise_mode",))
-        self._discriminate = jax.jit(self.discriminate_fn)
-        self._encode = jax.jit(self.encode_fn)
 
     @classmethod
     def from_trees(
         cls,
-        config: StyleGAN2Config,
+        config: Any,
         trees: Mapping[str, Any],
         which: str = "G_ema",
         meta: Optional[Mapping[str, Any]] = None,
-    ) -> "PretrainedGAN":
+    ) -> "GAN":
         trees = jax.tree_util.tree_map(jnp.asarray, dict(trees))
         return cls(config, trees, which, meta)
 
@@ -121,11 +138,96 @@ class PretrainedGAN:
     @property
     def D(self) -> Any:
         if "D" not in self.params:
-            raise ValueError(
-                "this GAN has no discriminator (it was converted with --no-d, or "
-                "the source had none)"
-            )
+            raise ValueError(f"this GAN has no discriminator ({self.no_d_hint})")
         return self.params["D"]
+
+    # -- shapes
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.config.z_dim)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.config.resolution)
+
+    @property
+    def img_channels(self) -> int:
+        return int(self.config.img_channels)
+
+    @property
+    def c_dim(self) -> int:
+        """Width of the condition `c` (0: unconditional)."""
+        return 0
+
+    # -- the common sampling / scoring functions
+
+    def generate_fn(self, variables, z, c=None, truncation: Any = 1.0):
+        raise NotImplementedError
+
+    def discriminate_fn(self, variables, images, c=None):
+        raise NotImplementedError
+
+    def generate(self, z, c=None, truncation=1.0, variables=None):
+        """z [N, z_dim] (+ c) -> images [N, H, W, C] float32 (NHWC, not clamped)."""
+        return self._generate(self.G if variables is None else variables, z, c, truncation)
+
+    def discriminate(self, images, c=None, variables=None):
+        """images [N, H, W, C] -> logits [N, outputs]."""
+        return self._discriminate(self.D if variables is None else variables, images, c)
+
+    def sample_inputs(self, key, n: int, truncation: float = 1.0):
+        """(z, c) of n random samples for `generate` (c None for an unconditional G)."""
+        del truncation
+        return jax.random.normal(key, (n, self.z_dim)), None
+
+    def _check_images(self, images):
+        want = (self.resolution, self.resolution, self.img_channels)
+        if images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise ValueError(
+                f"images must be NHWC [N, {', '.join(map(str, want))}], got {tuple(images.shape)}"
+            )
+
+    def _no_condition(self, c):
+        if c is not None:
+            raise ValueError(f"a {self.architecture} generator takes no condition c (pass None)")
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}({self.architecture}, res={self.resolution}, "
+            f"z_dim={self.z_dim}, networks={sorted(self.params)}, which={self.which!r})"
+        )
+
+
+class PretrainedGAN(GAN):
+    """A StyleGAN2 G/D pair: config, variables trees and pure functions over them."""
+
+    architecture: ClassVar[str] = "stylegan2"
+
+    def __init__(
+        self,
+        config: StyleGAN2Config,
+        params: Mapping[str, Any],
+        which: str = "G_ema",
+        meta: Optional[Mapping[str, Any]] = None,
+    ):
+        super().__init__(config, params, which, meta)
+        self.generator = Generator(config)
+        self.discriminator = Discriminator(config)
+        self.num_ws = config.num_ws
+        self.noise_names = noise_layer_names(config)
+        # jit once per GAN; the variables are arguments, never baked-in constants.
+        self._mapping_static = jax.jit(
+            self.mapping_fn, static_argnames=("truncation_psi", "truncation_cutoff")
+        )
+        self._mapping_traced = jax.jit(self.mapping_fn, static_argnames=("truncation_cutoff",))
+        self._synthesis = jax.jit(self.synthesis_fn, static_argnames=("noise_mode",))
+        self._discriminate = jax.jit(self.discriminate_fn)
+        self._encode = jax.jit(self.encode_fn)
+
+    @property
+    def c_dim(self) -> int:
+        return int(self.config.c_dim)
 
     # -- pure functions over explicit variables
 
@@ -196,14 +298,6 @@ class PretrainedGAN:
         w = self.discriminator.apply(variables, images, method=Discriminator.infer_w)
         return jnp.broadcast_to(w[:, None, :], (w.shape[0], self.num_ws, w.shape[-1]))
 
-    def _check_images(self, images):
-        cfg = self.config
-        want = (cfg.resolution, cfg.resolution, cfg.img_channels)
-        if images.ndim != 4 or tuple(images.shape[1:]) != want:
-            raise ValueError(
-                f"images must be NHWC [N, {', '.join(map(str, want))}], got {tuple(images.shape)}"
-            )
-
     # -- convenience wrappers (jit-compiled). `variables=` swaps in other variables of the same
     #    shapes (e.g. a tuned G) and reuses the compiled function.
 
@@ -238,8 +332,32 @@ class PretrainedGAN:
             raise ValueError("this discriminator has no w head (config.d_w_head is False)")
         return self._encode(self.D if variables is None else variables, images)
 
-    def generate(self, z, c=None, truncation_psi=1.0, noise_mode="const", key=None):
-        return self.synthesis(self.mapping(z, c, truncation_psi), noise_mode, key)
+    def generate(
+        self,
+        z,
+        c=None,
+        truncation=1.0,
+        noise_mode="const",
+        key=None,
+        *,
+        truncation_psi=None,
+        variables=None,
+    ):
+        """mapping(z, c, truncation_psi=truncation) then synthesis (constant noise by default).
+        `truncation_psi` is the older name of `truncation` (either may be given)."""
+        psi = truncation if truncation_psi is None else truncation_psi
+        ws = self.mapping(z, c, psi, variables=variables)
+        return self.synthesis(ws, noise_mode, key, variables=variables)
+
+    def generate_fn(self, variables, z, c=None, truncation: Any = 1.0):
+        ws = self.mapping_fn(variables, z, c, truncation_psi=truncation)
+        return self.synthesis_fn(variables, ws, "const")
+
+    def sample_inputs(self, key, n: int, truncation: float = 1.0):
+        """(z, c): z ~ N(0, I); a conditional G gets the one-hot classes 0, 1, ... in turn."""
+        z = jax.random.normal(key, (n, self.z_dim))
+        c = jax.nn.one_hot(jnp.arange(n) % self.c_dim, self.c_dim) if self.c_dim else None
+        return z, c
 
     def __repr__(self):
         c = self.config
@@ -247,6 +365,83 @@ class PretrainedGAN:
             f"PretrainedGAN(res={c.resolution}, w_dim={c.w_dim}, num_ws={c.num_ws}, "
             f"networks={sorted(self.params)}, which={self.which!r})"
         )
+
+
+class PGGANPretrained(GAN):
+    """A pytorch_GAN_zoo progressive GAN: G(z), z [N, z_dim] ~ N(0, I); D with minibatch
+    stddev over consecutive groups of 4 (so a logit depends on its group)."""
+
+    architecture: ClassVar[str] = "pggan"
+
+    def __init__(self, config, params, which="G_ema", meta=None):
+        super().__init__(config, params, which, meta)
+        self.generator = pggan_model.Generator(config)
+        self.discriminator = pggan_model.Discriminator(config)
+        self._generate = jax.jit(self.generate_fn, static_argnames=("truncation",))
+        self._discriminate = jax.jit(self.discriminate_fn)
+
+    def generate_fn(self, variables, z, c=None, truncation: Any = 1.0):
+        self._no_condition(c)
+        if not isinstance(truncation, (int, float)) or truncation != 1:
+            raise ValueError("a pggan generator has no truncation (pass truncation=1.0)")
+        return self.generator.apply(variables, z)
+
+    def discriminate_fn(self, variables, images, c=None):
+        self._no_condition(c)
+        self._check_images(images)
+        return self.discriminator.apply(variables, images)
+
+
+class BigGANPretrained(GAN):
+    """A pytorch-pretrained-biggan BigGAN generator (no discriminator: the package has none).
+    `generate(z, c, truncation)`: c the class vector [N, num_classes] (one-hot or soft),
+    truncation a static Python float selecting the BN statistics; images in [-1, 1]."""
+
+    architecture: ClassVar[str] = "biggan"
+    networks: ClassVar[tuple[str, ...]] = ("G_ema",)
+    no_d_hint: ClassVar[str] = "pytorch-pretrained-biggan ships none"
+
+    def __init__(self, config, params, which="G_ema", meta=None):
+        super().__init__(config, params, which, meta)
+        self.generator = biggan_model.Generator(config)
+        self._generate = jax.jit(self.generate_fn, static_argnames=("truncation",))
+
+    @property
+    def img_channels(self) -> int:
+        return 3
+
+    @property
+    def c_dim(self) -> int:
+        return int(self.config.num_classes)
+
+    def generate_fn(self, variables, z, c=None, truncation: Any = 1.0):
+        if c is None:
+            raise ValueError(
+                f"biggan needs the class vector c [N, {self.config.num_classes}] (one-hot)"
+            )
+        return self.generator.apply(variables, z, c, biggan_model.check_truncation(truncation))
+
+    def generate(self, z, c=None, truncation=1.0, variables=None):
+        # checked here: under jit a float32 truncation would fail as an unhashable static
+        t = biggan_model.check_truncation(truncation)
+        return self._generate(self.G if variables is None else variables, z, c, t)
+
+    def discriminate(self, images, c=None, variables=None):
+        raise ValueError(f"this GAN has no discriminator ({self.no_d_hint})")
+
+    def discriminate_fn(self, variables, images, c=None):
+        raise ValueError(f"this GAN has no discriminator ({self.no_d_hint})")
+
+    def sample_inputs(self, key, n: int, truncation: float = 1.0):
+        """The package's `truncated_noise_sample` (truncation * truncnorm(-2, 2)) and the
+        one-hot classes 0, 1, ... in turn."""
+        t = biggan_model.check_truncation(truncation)
+        z = t * jax.random.truncated_normal(key, -2.0, 2.0, (n, self.z_dim))
+        k = self.c_dim
+        return z, jax.nn.one_hot(jnp.arange(n) % k, k)
+
+
+StyleGAN2Pretrained = PretrainedGAN
 
 
 # ----------------------------------------------------------------------------- loading
@@ -276,8 +471,23 @@ def resolve(path: str) -> str:
     return path
 
 
-def read_config(path: str) -> tuple[StyleGAN2Config, dict]:
-    """Parse DIR/config.json -> (config, the whole document)."""
+def _biggan_abstract(cfg, networks: Sequence[str]) -> dict[str, Any]:
+    return {
+        net: jax.eval_shape(functools.partial(biggan_model.init_variables, cfg), jax.random.key(0))
+        for net in networks
+    }
+
+
+# architecture -> (config class, GAN class, abstract_variables(cfg, networks))
+ARCHITECTURES = {
+    "stylegan2": (StyleGAN2Config, PretrainedGAN, abstract_variables),
+    "pggan": (pggan_model.PGGANConfig, PGGANPretrained, pggan_model.abstract_variables),
+    "biggan": (biggan_model.BigGANConfig, BigGANPretrained, _biggan_abstract),
+}
+
+
+def read_config(path: str) -> tuple[Any, dict]:
+    """Parse DIR/config.json -> (config of its architecture, the whole document)."""
     fname = os.path.join(path, CONFIG_NAME)
     if not os.path.isfile(fname):
         raise MissingDirError(
@@ -287,13 +497,24 @@ def read_config(path: str) -> tuple[StyleGAN2Config, dict]:
     try:
         with open(fname) as f:
             doc = json.load(f)
-        if doc.get("architecture") != "stylegan2":
-            raise BadDirError(f"unsupported architecture {doc.get('architecture')!r}")
-        cfg = StyleGAN2Config.from_dict(doc["config"])
+        arch = doc.get("architecture")
+        if arch not in ARCHITECTURES:
+            raise BadDirError(
+                f"{fname}: unsupported architecture {arch!r} (known: {', '.join(ARCHITECTURES)})"
+            )
+        try:
+            cfg = ARCHITECTURES[arch][0].from_dict(doc["config"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise BadDirError(
+                f"{fname}: corrupt config for architecture {arch!r} ({type(e).__name__}: {e})"
+            ) from None
         nets = list(doc.get("networks", ["G_ema"]))
+    except BadDirError:
+        raise
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise BadDirError(f"{fname}: corrupt config ({type(e).__name__}: {e})") from None
-    if "G_ema" not in nets or not set(nets) <= {"G_ema", "G", "D"}:
+    allowed = set(ARCHITECTURES[arch][1].networks)
+    if "G_ema" not in nets or not set(nets) <= allowed:
         raise BadDirError(f"{fname}: bad 'networks' list {nets}")
     doc["networks"] = nets
     return cfg, doc
@@ -301,10 +522,12 @@ def read_config(path: str) -> tuple[StyleGAN2Config, dict]:
 
 def load(
     path: str = "default", which: str = "G_ema", networks: Optional[Sequence[str]] = None
-) -> PretrainedGAN:
-    """Load a converted GAN directory (or 'default'). `networks` restricts what is read."""
+) -> GAN:
+    """Load a converted GAN directory (or 'default') of any architecture: a `GAN` (StyleGAN2:
+    `PretrainedGAN`). `networks` restricts what is read."""
     path = resolve(path)
     cfg, doc = read_config(path)
+    _, gan_cls, abstract_fn = ARCHITECTURES[doc["architecture"]]
     nets = list(doc["networks"]) if networks is None else list(networks)
     missing = set(nets) - set(doc["networks"])
     if missing:
@@ -314,7 +537,7 @@ def load(
     params_dir = os.path.join(path, PARAMS_NAME)
     if not os.path.isdir(params_dir):
         raise MissingDirError(f"{path}: no {PARAMS_NAME}/ checkpoint directory")
-    abstract = abstract_variables(cfg, doc["networks"])
+    abstract = abstract_fn(cfg, doc["networks"])
     try:
         trees = checkpointing.restore_pytree(params_dir, target=abstract)
     except Exception as e:  # orbax raises many types; the user needs the path and the cause
@@ -324,7 +547,7 @@ def load(
         ) from None
     _check_like(trees, abstract, params_dir)
     trees = {k: trees[k] for k in nets}
-    return PretrainedGAN(cfg, trees, which=which, meta=doc)
+    return gan_cls(cfg, trees, which=which, meta=doc)
 
 
 def _check_like(tree: Any, abstract: Any, where: str) -> None:

@@ -1,4 +1,4 @@
-"""`python -m weights_convert --format FMT --src FILE --out DIR [--raw-g] [--no-d]`."""
+"""`python -m weights_convert --format FMT --src PATH --out DIR [--raw-g] [--no-d]`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from weights_convert.convert import FORMATS, convert, write_dir
+from weights_convert.convert import FORMATS, convert, summary_line, write_dir
 from weights_convert.safe_load import CheckpointError
 
 
@@ -19,9 +19,11 @@ def _clamp(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m weights_convert",
-        description="Convert a PyTorch StyleGAN2 checkpoint into a ganinv_jax GAN directory "
-        "(orbax params + config.json). The file is read with an allow-list "
-        "unpickler: no code from it is executed, and torch is not needed.",
+        description="Convert a PyTorch StyleGAN2, PGGAN (pytorch_GAN_zoo) or BigGAN "
+        "(pytorch-pretrained-biggan) checkpoint into a ganinv_jax GAN directory "
+        "(orbax params + config.json) that `ganinv_jax.pretrained.load` reads. The file is "
+        "read with an allow-list unpickler: no code from it is executed, and torch is not "
+        "needed.",
     )
     p.add_argument(
         "--format",
@@ -29,16 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FORMATS,
         help="rosinality: stylegan2-pytorch .pt ({g_ema, g, d, latent_avg}); "
         "nvlabs-pkl: stylegan2-ada-pytorch network snapshot .pkl; "
-        "nvlabs-state-dict: torch.save(G_ema.state_dict()) .pt",
+        "nvlabs-state-dict: torch.save(G_ema.state_dict()) .pt; "
+        "pggan-zoo: pytorch_GAN_zoo BaseGAN.save() .pth ({config, netG, netD, avgG}; avgG "
+        "becomes G_ema, netG the raw G); "
+        "biggan-hf: a pytorch-pretrained-biggan model FOLDER (config.json + "
+        "pytorch_model.bin; one generator, no discriminator)",
     )
-    p.add_argument("--src", required=True, help="checkpoint file")
+    p.add_argument(
+        "--src", required=True, help="checkpoint file (--format biggan-hf: the model folder)"
+    )
     p.add_argument("--out", required=True, help="output directory (must not exist)")
     p.add_argument(
         "--raw-g",
         action="store_true",
-        help="also convert the raw (non-EMA) generator, stored as 'G'",
+        help="also convert the raw (non-EMA) generator, stored as 'G' (not biggan-hf)",
     )
-    p.add_argument("--no-d", action="store_true", help="do not convert the discriminator")
+    p.add_argument(
+        "--no-d", action="store_true", help="do not convert the discriminator (not biggan-hf)"
+    )
     p.add_argument(
         "--conv-clamp",
         type=_clamp,
@@ -57,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.src,
             args.format,
             raw_g=args.raw_g,
-            with_d=not args.no_d,
+            with_d=False if args.no_d else None,
             conv_clamp=args.conv_clamp,
         )
         out = write_dir(args.out, converted)
@@ -67,10 +77,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {args.src}: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
         return 1
-    cfg = converted.config
-    print(
-        f"wrote {out}: {', '.join(converted.meta['networks'])}; resolution {cfg.resolution}, "
-        f"channels {list(cfg.channels)}, z/w {cfg.z_dim}/{cfg.w_dim}, "
-        f"G {cfg.architecture}" + (f", D {cfg.d_architecture}" if "D" in converted.trees else "")
-    )
+    print(summary_line(out, converted))
     return 0

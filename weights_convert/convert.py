@@ -1,6 +1,11 @@
-"""Convert a StyleGAN2 checkpoint into a Flax variables tree + config, with strict coverage.
+"""Convert a GAN checkpoint into a Flax variables tree + config, with strict coverage.
 
-`convert(src, fmt, raw_g=..., with_d=...)` returns a `Converted` (config, trees, metadata);
+Formats: StyleGAN2 (`rosinality`, `nvlabs-pkl`, `nvlabs-state-dict`), PGGAN (`pggan-zoo`,
+`weights_convert/pggan_zoo.py`) and BigGAN (`biggan-hf`, a folder; `weights_convert/biggan_hf.py`),
+all read with the allow-list reader of `safe_load` and filled through `apply_table`.
+
+`convert(src, fmt, raw_g=..., with_d=...)` returns a `Converted` (config, trees, metadata with
+`architecture` 'stylegan2' | 'pggan' | 'biggan');
 `write_dir(out, converted)` writes it atomically. `apply_table` is the one place where the
 coverage rules live:
   * every source tensor of a network is used exactly once (FIR kernel buffers are compared
@@ -25,14 +30,24 @@ from ganinv_jax.models.stylegan2 import StyleGAN2Config
 from weights_convert import infer, safe_load, tables
 from weights_convert.safe_load import CheckpointError
 
-FORMATS = ("rosinality", "nvlabs-pkl", "nvlabs-state-dict")
+FORMATS = ("rosinality", "nvlabs-pkl", "nvlabs-state-dict", "pggan-zoo", "biggan-hf")
+# format -> the architecture config.json records (and `pretrained.load` dispatches on)
+ARCHITECTURES = {
+    "rosinality": "stylegan2",
+    "nvlabs-pkl": "stylegan2",
+    "nvlabs-state-dict": "stylegan2",
+    "pggan-zoo": "pggan",
+    "biggan-hf": "biggan",
+}
+# formats whose --src is a directory
+DIR_FORMATS = ("biggan-hf",)
 CONFIG_NAME = pretrained.CONFIG_NAME
 PARAMS_NAME = pretrained.PARAMS_NAME
 
 
 @dataclasses.dataclass
 class Converted:
-    config: StyleGAN2Config
+    config: Any  # StyleGAN2Config | PGGANConfig | BigGANConfig (`meta['architecture']`)
     trees: dict[str, Any]  # 'G_ema' / 'G' / 'D' -> variables (nested dicts of numpy)
     meta: dict[str, Any]  # everything config.json says besides the config
 
@@ -154,12 +169,18 @@ def sniff(obj: Any) -> Optional[str]:
             return "nvlabs-pkl"
         if "mapping.fc0.weight" in obj:
             return "nvlabs-state-dict"
+        if "config" in obj and "netG" in obj:
+            return "pggan-zoo"
+        if "generator.gen_z.weight_orig" in obj:
+            return "biggan-hf"
     return None
 
 
 def _wrong_format(src: str, fmt: str, obj: Any) -> CheckpointError:
     guess = sniff(obj)
     hint = f"; it looks like --format {guess}" if guess and guess != fmt else ""
+    if guess == "biggan-hf":
+        hint += " (whose --src is the folder holding it)"
     return CheckpointError(f"{src}: not a {fmt} checkpoint{hint}")
 
 
@@ -283,39 +304,101 @@ def convert(
     fmt: str,
     *,
     raw_g: bool = False,
-    with_d: bool = True,
+    with_d: Optional[bool] = None,
     conv_clamp: Optional[float] = None,
 ) -> Converted:
-    """Read `src` safely and convert it. `conv_clamp` (NVlabs only) overrides the clamp;
-    a negative value means none."""
+    """Read `src` safely and convert it. `with_d` None: the discriminator where the format has
+    one (all but biggan-hf, which has none: True is refused there, as is `raw_g`).
+    `conv_clamp` (NVlabs only) overrides the clamp; a negative value means none."""
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if not os.path.isfile(src):
-        raise CheckpointError(f"{src}: no such file")
+    if fmt in DIR_FORMATS:
+        bad = [
+            opt
+            for opt, given in (
+                ("--raw-g", raw_g),
+                ("--no-d", with_d is False),
+                ("with_d=True", with_d is True),
+                ("--conv-clamp", conv_clamp is not None),
+            )
+            if given
+        ]
+        if bad:
+            raise CheckpointError(
+                f"{bad[0]} does not apply to --format {fmt} (one generator, no discriminator)"
+            )
+        if not os.path.isdir(src):
+            raise CheckpointError(
+                f"{src}: not a directory (--format {fmt} reads a folder with "
+                "config.json + pytorch_model.bin)"
+            )
+    elif not os.path.isfile(src):
+        what = "is a directory (only --format biggan-hf reads a folder)"
+        raise CheckpointError(f"{src}: {what if os.path.isdir(src) else 'no such file'}")
     if conv_clamp is not None and fmt != "nvlabs-state-dict":
         raise CheckpointError(
             "--conv-clamp applies to --format nvlabs-state-dict only (other "
             "formats record their clamp)"
         )
-    container, obj = safe_load.load(src)
-    if fmt == "rosinality":
-        cfg, trees, prov = _convert_rosinality(obj, src, raw_g, with_d)
+    with_d = True if with_d is None else with_d
+    if fmt == "biggan-hf":
+        from weights_convert.biggan_hf import convert_biggan_hf
+
+        cfg, trees, prov = convert_biggan_hf(src)
+        source = {
+            "format": fmt,
+            "path": os.path.abspath(src),
+            "files": prov["files"],
+            "container": prov["container"],
+        }
     else:
-        cfg, trees, prov = _convert_nvlabs(obj, src, fmt, raw_g, with_d, conv_clamp)
-    meta = {
-        "format_version": 1,
-        "architecture": "stylegan2",
-        "networks": sorted(trees),
-        "source": {
+        container, obj = safe_load.load(src)
+        if fmt == "rosinality":
+            cfg, trees, prov = _convert_rosinality(obj, src, raw_g, with_d)
+        elif fmt == "pggan-zoo":
+            from weights_convert.pggan_zoo import convert_pggan_zoo
+
+            cfg, trees, prov = convert_pggan_zoo(obj, src, raw_g, with_d)
+        else:
+            cfg, trees, prov = _convert_nvlabs(obj, src, fmt, raw_g, with_d, conv_clamp)
+        source = {
             "format": fmt,
             "path": os.path.abspath(src),
             "sha256": sha256(src),
             "bytes": os.path.getsize(src),
             "container": container,
-        },
+        }
+    meta = {
+        "format_version": 1,
+        "architecture": ARCHITECTURES[fmt],
+        "networks": sorted(trees),
+        "source": source,
         "provenance": prov,
     }
     return Converted(cfg, trees, meta)
+
+
+def summary_line(out: str, converted: Converted) -> str:
+    """The CLI's one line about a written DIR, per architecture."""
+    cfg, arch = converted.config, converted.meta["architecture"]
+    nets = ", ".join(converted.meta["networks"])
+    if arch == "pggan":
+        return (
+            f"wrote {out}: {nets}; PGGAN resolution {cfg.resolution}, channels "
+            f"{list(cfg.channels)}, z {cfg.z_dim}, alpha {cfg.alpha}, "
+            f"output {cfg.output_activation}"
+        )
+    if arch == "biggan":
+        return (
+            f"wrote {out}: {nets}; BigGAN resolution {cfg.resolution}, z {cfg.z_dim}, "
+            f"{cfg.num_classes} classes, channel_width {cfg.channel_width}, "
+            f"{cfg.n_stats} BN-statistics rows (truncation)"
+        )
+    return (
+        f"wrote {out}: {nets}; resolution {cfg.resolution}, "
+        f"channels {list(cfg.channels)}, z/w {cfg.z_dim}/{cfg.w_dim}, "
+        f"G {cfg.architecture}" + (f", D {cfg.d_architecture}" if "D" in converted.trees else "")
+    )
 
 
 def write_dir(out: str, converted: Converted) -> str:

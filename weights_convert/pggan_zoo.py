@@ -156,7 +156,10 @@ def _pick_networks(obj: Mapping, src: str, raw_g: bool, with_d: bool) -> tuple[d
         keys["G"] = "netG"
     if with_d:
         if obj.get("netD") is None:
-            raise CheckpointError(f"{src}: no 'netD' network in this {FORMAT} checkpoint")
+            raise CheckpointError(
+                f"{src}: no 'netD' network in this {FORMAT} checkpoint (pass --no-d; "
+                "--no-d controls it)"
+            )
         keys["D"] = "netD"
     return {net: obj[key] for net, key in keys.items()}, keys
 

@@ -135,10 +135,6 @@ def open_inversion(path: str) -> Inversion:
     except Exception as e:  # noqa: BLE001 -- any unreadable file is one line
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise EditError(f"{lpath}: unreadable latents file ({msg})") from None
-    if latents.ndim != 3 or ids.shape != (len(latents),) or status.shape != ids.shape:
-        raise EditError(
-            f"{lpath}: want ids [N] and latents [N, num_ws, w_dim], got {latents.shape}"
-        )
     try:
         with open(mpath) as f:
             manifest = json.load(f)
@@ -147,6 +143,15 @@ def open_inversion(path: str) -> Inversion:
             raise KeyError("run.generator")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise EditError(f"{mpath}: unreadable manifest ({type(e).__name__}: {e})") from None
+    arch = (run.get("arch") or {}).get("name", "stylegan2")
+    if arch != "stylegan2":  # PGGAN / BigGAN inversions have no W+ to edit
+        raise EditError(
+            f"{path}: task 'edit' edits StyleGAN2 W+ latents; this is a {arch} inversion"
+        )
+    if latents.ndim != 3 or ids.shape != (len(latents),) or status.shape != ids.shape:
+        raise EditError(
+            f"{lpath}: want ids [N] and latents [N, num_ws, w_dim], got {latents.shape}"
+        )
     summary = None
     if os.path.isfile(os.path.join(path, SUMMARY)):
         try:
@@ -170,6 +175,11 @@ def load_generator(inv: Inversion):
         raise EditError(
             f"{inv.file(MANIFEST)}: the inversion's generator {spec!r} cannot be loaded ({first})"
         ) from None
+    if getattr(gan, "architecture", "stylegan2") != "stylegan2":
+        raise EditError(
+            f"{inv.file(MANIFEST)}: task 'edit' edits StyleGAN2 W+ latents; generator {spec!r} "
+            f"is a {gan.architecture}"
+        )
     want = inv.run.get("generator_config")
     have = json.loads(json.dumps(gan.config.to_dict(), default=str))
     if want is not None and want != have:

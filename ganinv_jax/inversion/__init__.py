@@ -4,11 +4,15 @@
     frozen = inv.make_frozen(g_cfg, g_vars, d_vars=d_vars, lpips='vgg')
     out = inv.invert_batch(inv.METHODS['gmm'], frozen, images, ids, init_latents, cfg, seed=0)
 
+`g_cfg` may be a StyleGAN2Config, PGGANConfig or BigGANConfig: `frozen.arch` (`inversion.arch`,
+e.g. `make_frozen(..., arch=inv.arch_for(biggan_cfg, truncation=0.4))`) carries what differs.
+
 `METHODS` is the one registry of method names: the invert job, the configs and the benchmarks
 all read it; `register` adds a method of one's own (tests use it for toy methods).
 """
 
-from ganinv_jax.inversion import clone, gmm, init_latents, latent_opt, pti
+from ganinv_jax.inversion import arch, clone, gmm, init_latents, latent_opt, pti
+from ganinv_jax.inversion.arch import Arch, arch_for
 from ganinv_jax.inversion.base import Frozen, Method, make_frozen
 from ganinv_jax.inversion.engine import auto_strategy, invert_batch
 
@@ -26,6 +30,9 @@ def register(method: Method) -> None:
 
 
 __all__ = [
+    "Arch",
+    "arch",
+    "arch_for",
     "Frozen",
     "Method",
     "make_frozen",

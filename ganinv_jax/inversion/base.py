@@ -2,17 +2,23 @@
 
 A method is written for ONE image and is a set of pure functions of pytrees:
 
-  init(key, image [H,W,C], frozen, init_latent [num_ws,w_dim], cfg) -> state
+  init(key, image [H,W,C], frozen, init_latent [*latent_shape], cfg) -> state
   step(state, frozen, cfg) -> (state, metrics)     # metrics: dict of scalars (one image)
-  result(state, frozen, cfg) -> {'latent': [num_ws,w_dim], 'recon': [H,W,C], 'tuned': pytree|None,
-                                  ...method extras}
+  result(state, frozen, cfg) -> {'latent': [*latent_shape], 'recon': [H,W,C],
+                                  'tuned': pytree|None, ...method extras}
   converged(metrics, cfg) -> bool scalar           # the method's own stop criterion
 
 (`cfg` is a static `ml_collections.ConfigDict`; the engine closes over it.) The engine
 (`engine.invert_batch`) maps these over a batch of images, keeps per-image convergence masks and
 iteration counts, and shards the image axis over devices. `Frozen` holds what every image shares:
-the base generator (and D for Clone), the LPIPS weights, an optional real-image batch and W
+the base generator (and D for Clone), the LPIPS weights, an optional real-image batch and latent
 statistics. It is broadcast (`in_axes=None` / replicated over the mesh), never stacked per image.
+
+Architectures: `Frozen.arch` (static, `inversion.arch`) says what a latent is, how it renders,
+what random latents and the mean latent are, which params PTI/GMM tune and what the D is; the
+helpers below (`synthesize`, `random_ws`, `mean_latent`, `discriminate`, `check_latent`) dispatch
+through it, so the methods run on StyleGAN2 (W+ [num_ws, w_dim]), PGGAN (z) and BigGAN
+(z + class) alike.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import ml_collections
 import numpy as np
 
 from ganinv_jax import losses
+from ganinv_jax.inversion import arch as arch_lib
+from ganinv_jax.inversion.arch import arch_for, w_statistics  # noqa: F401 (re-exported)
 from ganinv_jax.losses import common as loss_common
 from ganinv_jax.models import stylegan2 as sg2
 
@@ -49,42 +57,37 @@ class Method(NamedTuple):
 class Frozen:
     """Shared, never-stacked inputs of a batch inversion (a pytree; architecture fields static).
 
-    g: generator variables {'params': ..., 'buffers': ...} (the base G, e.g. G_ema).
+    g: generator variables {'params': ..., ['buffers': ...]} (the base G, e.g. G_ema).
     d: discriminator variables {'params': ...} or None (Clone needs it).
     lpips: LPIPS params from `losses.lpips.load_lpips_params`, or None.
     reals: [M,H,W,C] images from G's training distribution for Clone's global loss, or None
       (Clone then falls back to samples of the frozen original G).
-    w_avg, w_std: mean of w = mapping(z) and the projector's scalar spread sqrt(E|w - w_avg|^2).
-    g_cfg: the StyleGAN2Config (static). lpips_net: 'vgg' | 'alex' (static).
+    w_avg, w_std: the latent statistics of `arch.statistics`: StyleGAN2: the mean of
+      w = mapping(z) and the projector's scalar spread sqrt(E|w - w_avg|^2); other
+      architectures: the center of their start latent and the spread of their random latents.
+    g_cfg: the generator's config (static). lpips_net: 'vgg' | 'alex' (static).
     id_loss: optional feature loss (x, y, NHWC batches) -> [N] for GMM's identity term (static).
+    arch: the `inversion.arch.Arch` (static); None -> `arch_for(g_cfg)` (its defaults).
     """
 
     g: PyTree
     w_avg: Array
     w_std: Array
-    g_cfg: sg2.StyleGAN2Config = flax.struct.field(pytree_node=False)
+    g_cfg: Any = flax.struct.field(pytree_node=False)
     d: Optional[PyTree] = None
     lpips: Optional[PyTree] = None
     reals: Optional[Array] = None
     lpips_net: str = flax.struct.field(pytree_node=False, default="vgg")
     id_loss: Optional[Callable] = flax.struct.field(pytree_node=False, default=None)
+    arch: Optional[arch_lib.Arch] = flax.struct.field(pytree_node=False, default=None)
 
-
-def w_statistics(
-    g_cfg: sg2.StyleGAN2Config, g_vars: PyTree, n: int = 10000, seed: int = 123
-) -> tuple[Array, Array]:
-    """(w_avg [w_dim], w_std scalar) from `n` samples of the mapping network, as the StyleGAN2
-    projector computes them (w_std = sqrt(sum |w - w_avg|^2 / n))."""
-    gen = sg2.Generator(g_cfg)
-    z = jax.random.normal(jax.random.key(seed), (n, g_cfg.z_dim))
-    ws = jax.jit(lambda v, z: gen.apply(v, z, method=gen.mapping))(g_vars, z)[:, 0]
-    w_avg = jnp.mean(ws, axis=0)
-    w_std = jnp.sqrt(jnp.sum(jnp.square(ws - w_avg)) / n)
-    return w_avg, w_std
+    def __post_init__(self):
+        if self.arch is None:
+            object.__setattr__(self, "arch", arch_for(self.g_cfg))
 
 
 def make_frozen(
-    g_cfg: sg2.StyleGAN2Config,
+    g_cfg: Any,
     g_vars: PyTree,
     *,
     d_vars: Optional[PyTree] = None,
@@ -93,15 +96,20 @@ def make_frozen(
     id_loss=None,
     w_stats_samples: int = 10000,
     lpips_net: Optional[str] = None,
+    arch: Optional[arch_lib.Arch] = None,
 ) -> Frozen:
     """Builds the frozen inputs. `lpips`: 'vgg' | 'alex' (load the real weights), a params pytree
     (of net `lpips_net`, default 'vgg'), or None (no LPIPS: methods must then use
-    perceptual='none' or 'pooled_l2')."""
+    perceptual='none' or 'pooled_l2'). `arch`: an `inversion.arch.Arch` for `g_cfg` (default
+    `arch_for(g_cfg)`; e.g. `arch_for(biggan_cfg, truncation=0.4, class_mode='given')`)."""
     net = lpips_net or "vgg"
     if isinstance(lpips, str):
         net = lpips
         lpips = losses.load_lpips_params(net)
-    w_avg, w_std = w_statistics(g_cfg, g_vars, w_stats_samples)
+    arch = arch_for(g_cfg) if arch is None else arch
+    if arch.cfg != g_cfg:
+        raise ValueError(f"arch {arch.name} was made for another config than g_cfg")
+    w_avg, w_std = arch.statistics(g_vars, w_stats_samples, 123)
     return Frozen(
         g=g_vars,
         w_avg=w_avg,
@@ -112,6 +120,7 @@ def make_frozen(
         reals=None if reals is None else jnp.asarray(reals, jnp.float32),
         lpips_net=net,
         id_loss=id_loss,
+        arch=arch,
     )
 
 
@@ -127,29 +136,23 @@ def synthesize(
     noise: Optional[dict] = None,
     rng: Optional[Array] = None,
 ) -> Array:
-    """ws [N,num_ws,w_dim] -> images [N,H,W,C] with G params `params` (default: the frozen ones).
-
-    `params` may be the full G param tree or only its 'synthesis' subtree."""
-    p = frozen.g["params"] if params is None else params
-    if "synthesis" not in p:
-        p = {**frozen.g["params"], "synthesis": p}
-    gen = sg2.Generator(frozen.g_cfg)
-    rngs = {"noise": rng} if rng is not None else None
-    return gen.apply(
-        {"params": p, "buffers": frozen.g["buffers"]},
-        ws,
-        noise_mode,
-        noise,
-        method=gen.synthesis,
-        rngs=rngs,
-    )
+    """latents [N, *latent_shape] -> images [N,H,W,C] with G params `params` (default: the
+    frozen ones). `params` may be the full G param tree or its tunable sub-tree (StyleGAN2:
+    'synthesis'). Noise arguments only mean something for StyleGAN2."""
+    return frozen.arch.render(frozen.g, ws, params, noise_mode=noise_mode, noise=noise, rng=rng)
 
 
 def mapping(frozen: Frozen, z: Array, params: Optional[PyTree] = None) -> Array:
-    """z [N,z_dim] -> ws [N,num_ws,w_dim] (params: full G tree, default the frozen one)."""
+    """StyleGAN2: z [N,z_dim] -> ws [N,num_ws,w_dim] (params: full G tree, default the frozen
+    one). Other architectures: see `latents_from_prior`."""
     p = frozen.g["params"] if params is None else params
     gen = sg2.Generator(frozen.g_cfg)
     return gen.apply({"params": p, "buffers": frozen.g["buffers"]}, z, method=gen.mapping)
+
+
+def latents_from_prior(frozen: Frozen, prior: Array, params: Optional[PyTree] = None) -> Array:
+    """Prior samples (`arch.sample_prior`) -> latents: StyleGAN2's mapping, else the identity."""
+    return frozen.arch.latents_from_prior(frozen.g, prior, params)
 
 
 def discriminate(frozen: Frozen, images: Array, params: Optional[PyTree] = None) -> Array:
@@ -159,17 +162,20 @@ def discriminate(frozen: Frozen, images: Array, params: Optional[PyTree] = None)
     variables = dict(frozen.d)
     if params is not None:
         variables["params"] = params
-    return sg2.Discriminator(frozen.g_cfg).apply(variables, images)[:, 0]
+    return frozen.arch.discriminate(variables, images)
 
 
 def mean_latent(frozen: Frozen) -> Array:
-    """The mean w broadcast to W+ [num_ws, w_dim]."""
-    return jnp.broadcast_to(frozen.w_avg, (frozen.g_cfg.num_ws, frozen.g_cfg.w_dim))
+    """The mean / start latent [*latent_shape] (StyleGAN2: the mean w broadcast to W+)."""
+    return frozen.arch.mean_latent(frozen.w_avg)
 
 
 def random_ws(frozen: Frozen, key: Array, n: int) -> Array:
-    """n random latents w = mapping(z), z ~ N(0, I), as W+ [n, num_ws, w_dim]."""
-    return mapping(frozen, jax.random.normal(key, (n, frozen.g_cfg.z_dim)))
+    """n random latents [n, *latent_shape] (StyleGAN2: w = mapping(z), z ~ N(0, I), as W+)."""
+    return frozen.arch.random_latents(frozen.g, key, n)
+
+
+random_latents = random_ws
 
 
 # ----------------------------------------------------------------------------- losses
@@ -274,16 +280,11 @@ def relative_change(new: PyTree, old: PyTree) -> Array:
     return jnp.sqrt(sq(tree_sub(new, old)) / jnp.maximum(sq(old), 1e-30))
 
 
-def check_latent(latent: Array, g_cfg: sg2.StyleGAN2Config) -> Array:
-    """[w_dim] or [num_ws, w_dim] -> [num_ws, w_dim] float32."""
-    latent = jnp.asarray(latent, jnp.float32)
-    if latent.shape == (g_cfg.w_dim,):
-        latent = jnp.broadcast_to(latent, (g_cfg.num_ws, g_cfg.w_dim))
-    if latent.shape != (g_cfg.num_ws, g_cfg.w_dim):
-        raise ValueError(
-            f"latent must be [{g_cfg.w_dim}] or [{g_cfg.num_ws}, {g_cfg.w_dim}], got {latent.shape}"
-        )
-    return latent
+def check_latent(latent: Array, arch_or_cfg: Any) -> Array:
+    """One image's latent, checked (and StyleGAN2's [w_dim] broadcast) against an `Arch` or a
+    generator config: [*latent_shape] float32."""
+    a = arch_or_cfg if isinstance(arch_or_cfg, arch_lib.Arch) else arch_for(arch_or_cfg)
+    return a.check_latent(latent)
 
 
 def lr_ramp(t: Array, num_steps: int, rampup: float, rampdown: float) -> Array:

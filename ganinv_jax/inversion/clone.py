@@ -32,6 +32,17 @@ Our choices (the paper is silent or defers to its supplement):
   * The whole G (mapping + synthesis) is tuned (L_global samples z through the mapping); fakes use
     random noise, the reconstruction uses constant noise. `tuned` in the result is the delta of G's
     params against the frozen base (the tuned D is kept in the state only).
+
+Other architectures (`Frozen.arch`): the latent w is the arch's (PGGAN z, BigGAN z + class), the
+fakes of L_global come from the arch's prior (PGGAN z ~ N(0, I); BigGAN truncated z + a random
+one-hot class), and L_global is the model's OWN GAN loss (`arch.gan_loss`), as pytorch_GAN_zoo's
+`BaseGAN.optimizeParameters` computes it for PGGAN, with the checkpoint's settings: the criterion
+('wgangp': D -sum D(x) + sum D(G(z)), G -sum D(G(z)); 'logistic' / 'dcgan': softplus, means;
+'mse': MSE of sigmoid(D) to 1 / 0), + lambda_gp * WGAN-GP gradient penalty (every step, one
+uniform mix per sample of reals and fakes), + epsilon_d * sum D(x)^2, + logistic_grad_real * R1
+(mean over samples). `r1_gamma` / `r1_interval` and the lazy-R1 Adam correction are StyleGAN2's
+only; the `r1` metric reports the D penalty in force. BigGAN ships no D: Clone runs with a D of
+one's own (`arch_for(cfg, d_apply=fn)` + `make_frozen(..., d_vars=...)`) or refuses.
 """
 
 from __future__ import annotations
@@ -63,8 +74,12 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _txs(cfg):
-    d_lr, d_betas = gan_losses.lazy_adam_hparams(cfg.lr, tuple(cfg.betas), cfg.r1_interval)
+def _txs(cfg, arch=None):
+    # the lazy-R1 correction belongs to StyleGAN2's loss (its R1 runs every r1_interval steps)
+    lazy = arch is None or arch.gan_loss == "stylegan2"
+    d_lr, d_betas = gan_losses.lazy_adam_hparams(
+        cfg.lr, tuple(cfg.betas), cfg.r1_interval if lazy else None
+    )
     return (
         optax.adam(cfg.lr, b1=cfg.betas[0], b2=cfg.betas[1], eps=1e-8),
         optax.adam(d_lr, b1=d_betas[0], b2=d_betas[1], eps=1e-8),
@@ -72,15 +87,22 @@ def _txs(cfg):
 
 
 def init(key, image, frozen: base.Frozen, init_latent, cfg):
-    if frozen.d is None:
-        raise ValueError("clone needs the discriminator: make_frozen(..., d_vars=D variables)")
-    tx_g, tx_d = _txs(cfg)
+    if frozen.d is None or not frozen.arch.has_discriminator:
+        extra = (
+            ""
+            if frozen.arch.has_discriminator
+            else f" and arch_for(cfg, d_apply=fn): {frozen.arch.name} has none of its own"
+        )
+        raise ValueError(
+            f"clone needs the discriminator: make_frozen(..., d_vars=D variables){extra}"
+        )
+    tx_g, tx_d = _txs(cfg, frozen.arch)
     g, d = frozen.g["params"], frozen.d["params"]
     return dict(
         t=jnp.asarray(0, jnp.int32),
         key=key,
         image=image,
-        ws=base.check_latent(init_latent, frozen.g_cfg),
+        ws=frozen.arch.check_latent(init_latent),
         g=g,
         d=d,
         g_opt=tx_g.init(g),
@@ -116,12 +138,16 @@ def g_loss(g_params, d_params, frozen, ws, image, local, z, noise_key, cfg):
     """G's side of L = 1_p[L_recon + λ L_adv_local] + L_global. Returns (loss, aux)."""
     x_star = base.synthesize(frozen, ws[None], g_params)
     fakes = base.synthesize(
-        frozen, base.mapping(frozen, z, g_params), g_params, noise_mode="random", rng=noise_key
+        frozen,
+        base.latents_from_prior(frozen, z, g_params),
+        g_params,
+        noise_mode="random",
+        rng=noise_key,
     )
     logits = base.discriminate(frozen, jnp.concatenate([x_star, fakes]), d_params)
     recon = pyramid.laplacian_pyramid_l1(image[None], x_star, cfg.pyramid_levels)[0]
     local_loss = recon + cfg.lam * g_local_adv(logits[0], cfg.g_adv_local)
-    global_loss = jnp.mean(gan_losses.g_nonsaturating_loss(logits[1:]))
+    global_loss = g_global_loss(frozen.arch, logits[1:])
     loss = jnp.where(local, local_loss, 0.0) + cfg.global_weight * global_loss
     return loss, dict(
         x_star=x_star,
@@ -133,25 +159,81 @@ def g_loss(g_params, d_params, frozen, ws, image, local, z, noise_key, cfg):
     )
 
 
-def d_loss(d_params, frozen, image, x_star, fakes, reals, local, t, cfg):
-    """D's side: 1_p[λ (softplus(-D(x)) + softplus(D(G(w))))] + logistic loss + lazy R1."""
+def g_global_loss(arch, fake_logits):
+    """G's side of the model's own GAN loss on the fakes' logits [n] (`arch.gan_loss`)."""
+    kind = arch.gan_loss
+    if kind in ("stylegan2", "logistic", "dcgan"):
+        return jnp.mean(gan_losses.g_nonsaturating_loss(fake_logits))
+    if kind == "wgangp":
+        return -jnp.sum(fake_logits)  # the zoo's WGANGP criterion sums over the batch
+    if kind == "mse":
+        return jnp.mean(jnp.square(jax.nn.sigmoid(fake_logits) - 1.0))
+    raise ValueError(f"clone: unknown GAN loss {kind!r}")
+
+
+def _zoo_d_global(arch, d_fn, real_logits, fake_logits, reals, fakes, key):
+    """D's side of a non-StyleGAN2 loss (pytorch_GAN_zoo's `optimizeParameters`): (criterion +
+    epsilon term, penalty metric, penalty term)."""
+    kind = arch.gan_loss
+    if kind == "wgangp":
+        adv = -jnp.sum(real_logits) + jnp.sum(fake_logits)
+    elif kind in ("logistic", "dcgan"):
+        adv = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+    elif kind == "mse":
+        adv = jnp.mean(jnp.square(jax.nn.sigmoid(real_logits) - 1.0)) + jnp.mean(
+            jnp.square(jax.nn.sigmoid(fake_logits))
+        )
+    else:
+        raise ValueError(f"clone: unknown GAN loss {kind!r}")
+    eps = float(getattr(arch, "epsilon_d", 0.0))
+    if eps > 0:
+        adv = adv + eps * jnp.sum(jnp.square(real_logits))
+    penalty = jnp.zeros((), jnp.float32)
+    term = jnp.zeros((), jnp.float32)
+    lam = float(getattr(arch, "lambda_gp", 0.0))
+    if lam > 0:  # WGAN-GP on one uniform mix of each real with a fake
+        if key is None:
+            raise ValueError("clone: the gradient penalty needs a PRNG key")
+        n = reals.shape[0]
+        mix = jax.random.uniform(key, (n,) + (1,) * (reals.ndim - 1))
+        x_hat = mix * reals + (1.0 - mix) * jax.lax.stop_gradient(fakes)
+        grads = jax.grad(lambda x: jnp.sum(d_fn(x)))(x_hat)
+        norms = jnp.sqrt(jnp.sum(jnp.square(grads.reshape(n, -1)), axis=1) + 1e-12)
+        penalty = jnp.mean(jnp.square(norms - 1.0))
+        term = lam * penalty
+    r1w = float(getattr(arch, "logistic_grad_real", 0.0))
+    if r1w > 0:
+        r1 = jnp.mean(gan_losses.r1_penalty(d_fn, reals))
+        penalty = penalty + r1
+        term = term + r1w * r1
+    return adv, penalty, term
+
+
+def d_loss(d_params, frozen, image, x_star, fakes, reals, local, t, cfg, key=None):
+    """D's side: 1_p[λ (softplus(-D(x)) + softplus(D(G(w))))] + the model's own loss (StyleGAN2:
+    logistic loss + lazy R1; others: see the module docstring; `key` draws the GP mixes)."""
     real_batch = jnp.concatenate([image[None], reals])
     d_fn = lambda imgs: base.discriminate(frozen, imgs, d_params)
     real_logits = d_fn(real_batch)
     fake_logits = d_fn(jax.lax.stop_gradient(jnp.concatenate([x_star, fakes])))
     local_loss = cfg.lam * gan_losses.d_logistic_loss(real_logits[0], fake_logits[0])
-    global_loss = jnp.mean(jax.nn.softplus(fake_logits[1:])) + jnp.mean(
-        jax.nn.softplus(-real_logits[1:])
-    )
-    r1 = jnp.zeros((), jnp.float32)
-    if cfg.r1_gamma > 0:
-        r1 = jax.lax.cond(
-            gan_losses.lazy_reg_active(t, cfg.r1_interval),
-            lambda x: jnp.mean(gan_losses.r1_penalty(d_fn, x)),
-            lambda x: jnp.zeros((), jnp.float32),
-            real_batch,
+    if frozen.arch.gan_loss == "stylegan2":
+        global_loss = jnp.mean(jax.nn.softplus(fake_logits[1:])) + jnp.mean(
+            jax.nn.softplus(-real_logits[1:])
         )
-    r1_term = gan_losses.lazy_reg_gain(cfg.r1_interval) * cfg.r1_gamma / 2.0 * r1
+        r1 = jnp.zeros((), jnp.float32)
+        if cfg.r1_gamma > 0:
+            r1 = jax.lax.cond(
+                gan_losses.lazy_reg_active(t, cfg.r1_interval),
+                lambda x: jnp.mean(gan_losses.r1_penalty(d_fn, x)),
+                lambda x: jnp.zeros((), jnp.float32),
+                real_batch,
+            )
+        r1_term = gan_losses.lazy_reg_gain(cfg.r1_interval) * cfg.r1_gamma / 2.0 * r1
+    else:
+        global_loss, r1, r1_term = _zoo_d_global(
+            frozen.arch, d_fn, real_logits[1:], fake_logits[1:], reals, fakes, key
+        )
     loss = jnp.where(local, local_loss, 0.0) + cfg.global_weight * (global_loss + r1_term)
     return loss, dict(d_global=global_loss, d_local=local_loss, r1=r1, logit_target=real_logits[0])
 
@@ -159,9 +241,9 @@ def d_loss(d_params, frozen, image, x_star, fakes, reals, local, t, cfg):
 def step(state, frozen: base.Frozen, cfg):
     key, ku, kz, kn, kr = jax.random.split(state["key"], 5)
     local = local_indicator(ku, cfg.p)
-    z = jax.random.normal(kz, (cfg.global_batch, frozen.g_cfg.z_dim))
+    z = frozen.arch.sample_prior(kz, cfg.global_batch)
     reals = sample_reals(frozen, kr, cfg.global_batch)
-    tx_g, tx_d = _txs(cfg)
+    tx_g, tx_d = _txs(cfg, frozen.arch)
 
     (gl, gaux), g_grads = jax.value_and_grad(g_loss, has_aux=True)(
         state["g"], state["d"], frozen, state["ws"], state["image"], local, z, kn, cfg
@@ -176,6 +258,7 @@ def step(state, frozen: base.Frozen, cfg):
         local,
         state["t"],
         cfg,
+        key=None if frozen.arch.gan_loss == "stylegan2" else jax.random.fold_in(kr, 1),
     )
     g_up, g_opt = tx_g.update(g_grads, state["g_opt"], state["g"])
     d_up, d_opt = tx_d.update(d_grads, state["d_opt"], state["d"])
@@ -190,8 +273,8 @@ def step(state, frozen: base.Frozen, cfg):
     )
     mse = base.mse1(gaux["x_star"][0], state["image"])
     # Diagnostics (curves in benchmarks/sweep_method.py): D's logits on the reconstruction
-    # G(w) and on the target x, and how far G's synthesis weights moved from the base (relative
-    # L2 over all synthesis params).
+    # G(w) and on the target x, and how far G's tunable weights (StyleGAN2: synthesis) moved
+    # from the base (relative L2).
     metrics = dict(
         loss=gl,
         recon=gaux["recon"],
@@ -204,7 +287,9 @@ def step(state, frozen: base.Frozen, cfg):
         r1=daux["r1"],
         logit_query=gaux["logit_query"],
         logit_target=daux["logit_target"],
-        drift=base.relative_change(new["g"]["synthesis"], frozen.g["params"]["synthesis"]),
+        drift=base.relative_change(
+            frozen.arch.tunable(new["g"]), frozen.arch.tunable(frozen.g["params"])
+        ),
     )
     return new, metrics
 

@@ -25,7 +25,8 @@ What it guarantees:
     count with inactive copies of image 0 (they never step under map; results are dropped).
 
 Result keys (numpy arrays, leading axis B in input order):
-  latent      [B, num_ws, w_dim]  final W+ latent (W methods: the same w on every layer)
+  latent      [B, *latent_shape]  final latent (StyleGAN2: W+ [num_ws, w_dim], W methods the
+                                  same w on every layer; PGGAN: z; BigGAN: concat(z, class))
   recon       [B, H, W, C]        reconstruction by the (tuned) generator, in [-1, 1] (unclamped)
   tuned       pytree [B, ...] | None  PTI/Clone: delta of tuned G params against the frozen base;
                                   GMM: the module params phi; latent_opt: None
@@ -250,7 +251,9 @@ def invert_batch(
     """Inverts images [B,H,W,C] in [-1,1] (ids [B] int) with `method`; see the module docstring
     for the result keys.
 
-    init_latents: [B, num_ws, w_dim] or [B, w_dim] (W+ or W), or None for the mean w.
+    init_latents: [B, *latent_shape] of `frozen.arch` (StyleGAN2: [B, num_ws, w_dim] or
+      [B, w_dim], W+ or W; PGGAN: [B, z_dim]; BigGAN: [B, z_dim + num_classes]), or None for
+      the architecture's mean / start latent (StyleGAN2: the mean w).
     cfg: the method's ConfigDict (default `method.default_config()`).
     steps: the maximum number of steps per image (default `cfg.num_steps`).
     steps_per_call: K, the scan length of one compiled call.
@@ -272,18 +275,11 @@ def invert_batch(
         raise ValueError(
             f"images must be [B,H,W,C] with B ids, got {images.shape} and {image_ids.shape[0]} ids"
         )
-    g_cfg = frozen.g_cfg
+    arch = frozen.arch
     if init_latents is None:
-        latents = jnp.broadcast_to(base.mean_latent(frozen), (b, g_cfg.num_ws, g_cfg.w_dim))
+        latents = jnp.broadcast_to(base.mean_latent(frozen), (b, *arch.latent_shape))
     else:
-        latents = jnp.asarray(init_latents, jnp.float32)
-        if latents.shape == (b, g_cfg.w_dim):
-            latents = jnp.broadcast_to(latents[:, None], (b, g_cfg.num_ws, g_cfg.w_dim))
-        if latents.shape != (b, g_cfg.num_ws, g_cfg.w_dim):
-            raise ValueError(
-                f"init_latents must be [B, {g_cfg.num_ws}, {g_cfg.w_dim}] or "
-                f"[B, {g_cfg.w_dim}], got {latents.shape}"
-            )
+        latents = arch.check_latents(init_latents, b)
 
     mesh = shd.make_mesh(devices=devices, explicit=True)
     n_dev = mesh.devices.size

@@ -27,6 +27,10 @@ Ours: the paper's lr was lost — we use Ranger's default 1e-3; the loss weights
 lost — defaults 1/1/0 (L2/LPIPS/ID) and reg_weight 1 with PTI's inner weights; biases, affine
 layers, noise strengths and the const input are not modulated (only conv weights, like
 HyperStyle); LPIPS uses `Frozen.lpips_net` (the paper: AlexNet). `tuned` in the result = φ.
+Other architectures (`Frozen.arch`): θ0 is all of G's params (`arch.tunable`) and the modulated
+weights are its 4-D conv weights `weight` [k, k, C, O] (PGGAN's equalized convs; BigGAN's
+spectrally normalized convs, whose σ is then recomputed from the tuned weight and the stored
+u, v); the pivot and the regularizer's random latents are the arch's (PGGAN z; BigGAN z + class).
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def conv_paths(synthesis_params) -> list[tuple[str, ...]]:
-    """Paths of the conv weights [k, k, C, O] in the synthesis params (sorted)."""
+    """Paths of the conv weights [k, k, C, O] in the tunable params (sorted)."""
     flat = jax.tree_util.tree_flatten_with_path(synthesis_params)[0]
     out = []
     for path, leaf in flat:
@@ -196,8 +200,8 @@ def _tx(cfg):
 
 
 def init(key, image, frozen: base.Frozen, init_latent, cfg):
-    theta0 = frozen.g["params"]["synthesis"]
-    ws = base.check_latent(init_latent, frozen.g_cfg)
+    theta0 = frozen.arch.tunable(frozen.g["params"])
+    ws = frozen.arch.check_latent(init_latent)
     key, kphi = jax.random.split(key)
     widths = sorted({_get(theta0, p).shape[2] for p in conv_paths(theta0)})
     keys = jax.random.split(kphi, len(widths))
@@ -218,7 +222,7 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
 
 def step(state, frozen: base.Frozen, cfg):
     key, kr = jax.random.split(state["key"])
-    theta0 = frozen.g["params"]["synthesis"]
+    theta0 = frozen.arch.tunable(frozen.g["params"])
     image, ws = state["image"], state["ws"]
 
     def loss_fn(fast):
@@ -259,7 +263,9 @@ def step(state, frozen: base.Frozen, cfg):
 
 
 def result(state, frozen: base.Frozen, cfg):
-    theta = tuned_params(state["phi"].fast, frozen.g["params"]["synthesis"], state["g"], cfg)
+    theta = tuned_params(
+        state["phi"].fast, frozen.arch.tunable(frozen.g["params"]), state["g"], cfg
+    )
     recon = base.synthesize(frozen, state["ws"][None], theta)[0]
     return dict(latent=state["ws"], recon=recon, tuned=state["phi"].fast)
 

@@ -14,6 +14,11 @@ Ours (config switches): W+ (`space='w+'`, Abdal et al.) as well as W; an MSE ter
 perceptual one (the projector uses LPIPS only: mse_weight=0 reproduces it); perceptual='lpips'
 (real VGG LPIPS; images pooled to <= 256 px as the projector does), 'pooled_l2' (cheap stand-in for
 tests/benchmarks, not LPIPS) or 'none'; optional early stop at MSE < stop_mse (off by default).
+Other architectures (`Frozen.arch`, see `inversion/arch.py`): the optimized latent is PGGAN's z, or
+BigGAN's z plus its class as logits (class = softmax) with the arch's class_mode='optimize' (the
+class stays as given with 'given'); the noise ramp perturbs z only (`Frozen.w_std` is then the
+spread of the prior's latents); `space` and `optimize_noise` are StyleGAN2's (space is ignored
+elsewhere; optimize_noise raises).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import optax
 
 from ganinv_jax.inversion import base
 from ganinv_jax.losses import common as loss_common
-from ganinv_jax.models import stylegan2 as sg2
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -67,23 +71,15 @@ def _renormalize(noise: dict) -> dict:
     return {k: (v - jnp.mean(v)) / jnp.std(v) for k, v in noise.items()}
 
 
-def _to_ws(w: jax.Array, g_cfg) -> jax.Array:
-    return jnp.broadcast_to(w, (g_cfg.num_ws, g_cfg.w_dim)) if w.ndim == 1 else w
-
-
 def init(key, image, frozen: base.Frozen, init_latent, cfg):
-    g_cfg = frozen.g_cfg
-    ws = base.check_latent(init_latent, g_cfg)
-    if cfg.space == "w":
-        w = jnp.mean(ws, axis=0)  # a W+ start collapses to its mean w
-    elif cfg.space == "w+":
-        w = ws
-    else:
-        raise ValueError(f"latent_opt: space must be 'w' or 'w+', got {cfg.space!r}")
+    arch = frozen.arch
+    # StyleGAN2: w [w_dim] in W (a W+ start collapses to its mean w) or ws in W+; PGGAN: z;
+    # BigGAN: z (+ class logits with class_mode='optimize'; the class is `fixed` otherwise)
+    w, fixed = arch.to_free(arch.check_latent(init_latent), cfg.space)
     key, kn = jax.random.split(key)
     noise = {}
     if cfg.optimize_noise:
-        shapes = sg2.noise_shapes(g_cfg)
+        shapes = arch.noise_shapes()
         ks = jax.random.split(kn, len(shapes))
         noise = {n: jax.random.normal(k, s) for k, (n, s) in zip(ks, sorted(shapes.items()))}
     params = {"w": w, "noise": noise}
@@ -95,6 +91,7 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
         key=key,
         image=image,
         params=params,
+        fixed=fixed,
         perc_target=perc_target,
         opt=optax.scale_by_adam(0.9, 0.999, 1e-8).init(params),
     )
@@ -105,13 +102,15 @@ def _perceptual_input(img):
     return loss_common.pool_to_max_size(img[None], 256)
 
 
-def _render(frozen, params, noise_offset=0.0):
-    ws = _to_ws(params["w"] + noise_offset, frozen.g_cfg)
+def _render(frozen, params, fixed, w=None):
+    """The image of the free latent `w` (default params['w']) and the fixed rest."""
+    latent = frozen.arch.from_free(params["w"] if w is None else w, fixed)
     noise = params["noise"] or None
-    return base.synthesize(frozen, ws[None], noise_mode="const", noise=noise)[0]
+    return base.synthesize(frozen, latent[None], noise_mode="const", noise=noise)[0]
 
 
 def step(state, frozen: base.Frozen, cfg):
+    arch = frozen.arch
     t = state["t"].astype(jnp.float32)
     key, kw = jax.random.split(state["key"])
     n = max(cfg.num_steps, 1)
@@ -124,8 +123,7 @@ def step(state, frozen: base.Frozen, cfg):
     target = state["image"]
 
     def loss_fn(params):
-        offset = jax.random.normal(kw, params["w"].shape) * w_noise_scale
-        img = _render(frozen, params, offset)
+        img = _render(frozen, params, state["fixed"], arch.perturb(params["w"], kw, w_noise_scale))
         mse = base.mse1(img, target)
         perc = base.perceptual_to_image(
             frozen,
@@ -147,8 +145,12 @@ def step(state, frozen: base.Frozen, cfg):
 
 
 def result(state, frozen: base.Frozen, cfg):
-    params = state["params"]
-    out = dict(latent=_to_ws(params["w"], frozen.g_cfg), recon=_render(frozen, params), tuned=None)
+    params, fixed = state["params"], state["fixed"]
+    out = dict(
+        latent=frozen.arch.from_free(params["w"], fixed),
+        recon=_render(frozen, params, fixed),
+        tuned=None,
+    )
     if cfg.optimize_noise:
         out["noise"] = params["noise"]
     return out

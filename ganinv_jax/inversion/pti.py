@@ -14,6 +14,9 @@ w spread `Frozen.w_std` (α = reg_alpha * w_std) instead of PTI's absolute 30 in
 it transfers across models; w_z uses the frozen mapping; for a W+ pivot the interpolation is done
 per layer (identical to PTI for a W pivot); only the synthesis network is tuned (the mapping is
 not used for the pivot). `tuned` in the result is the synthesis params minus the frozen base.
+Other architectures (`Frozen.arch`): the pivot is their latent (PGGAN z, BigGAN z + class), all
+of G's params are tuned (`arch.tunable`), and the regularizer's random latents are the arch's
+(PGGAN z ~ N(0, I); BigGAN truncated z + a random one-hot class), w_std their spread.
 """
 
 from __future__ import annotations
@@ -53,12 +56,12 @@ def _tx(cfg):
 
 
 def init(key, image, frozen: base.Frozen, init_latent, cfg):
-    params = frozen.g["params"]["synthesis"]
+    params = frozen.arch.tunable(frozen.g["params"])
     return dict(
         t=jnp.asarray(0, jnp.int32),
         key=key,
         image=image,
-        ws=base.check_latent(init_latent, frozen.g_cfg),
+        ws=frozen.arch.check_latent(init_latent),
         params=params,
         perc_target=base.cache_target(
             frozen, image[None], cfg.perceptual, cfg.cache_target_features
@@ -68,8 +71,9 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
 
 
 def locality_latents(frozen: base.Frozen, key, ws_pivot, n: int, alpha: float):
-    """n latents at distance alpha * w_std from the pivot, toward random mapped latents."""
-    ws_z = base.random_ws(frozen, key, n)  # [n, L, D]
+    """n latents at distance alpha * w_std from the pivot, toward random latents (StyleGAN2:
+    mapped, per W+ layer; others: the architecture's random latents, along the last axis)."""
+    ws_z = base.random_ws(frozen, key, n)  # [n, *latent_shape]
     direction = ws_z - ws_pivot[None]
     norm = jnp.linalg.norm(direction, axis=-1, keepdims=True)
     return ws_pivot[None] + alpha * frozen.w_std * direction / jnp.maximum(norm, 1e-8)
@@ -104,7 +108,7 @@ def step(state, frozen: base.Frozen, cfg):
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"])
     updates, opt = _tx(cfg).update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics["drift"] = base.relative_change(params, frozen.g["params"]["synthesis"])
+    metrics["drift"] = base.relative_change(params, frozen.arch.tunable(frozen.g["params"]))
     return dict(state, t=state["t"] + 1, key=key, params=params, opt=opt), metrics
 
 
@@ -113,7 +117,7 @@ def result(state, frozen: base.Frozen, cfg):
     return dict(
         latent=state["ws"],
         recon=recon,
-        tuned=base.tree_sub(state["params"], frozen.g["params"]["synthesis"]),
+        tuned=base.tree_sub(state["params"], frozen.arch.tunable(frozen.g["params"])),
     )
 
 

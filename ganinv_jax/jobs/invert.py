@@ -106,6 +106,47 @@ def load_reals(config, pre: sources.Preprocess) -> Optional[np.ndarray]:
     return np.stack(got)
 
 
+def make_arch(config, gan):
+    """The inversion architecture (`inversion.arch`) of the loaded generator, with the job's
+    options: None for StyleGAN2 (its defaults); PGGAN: the GAN loss the checkpoint recorded
+    (Clone's global term); BigGAN: `config.biggan` (truncation, class_mode, class_index)."""
+    arch = getattr(gan, "architecture", "stylegan2")
+    if arch == "stylegan2":
+        return None
+    from ganinv_jax.inversion import arch as arch_lib
+
+    if arch == "pggan":
+        zoo = gan.meta.get("provenance", {}).get("zoo_config")
+        return arch_lib.arch_for(gan.config, **arch_lib.pggan_loss_options(zoo, gan.config))
+    bc = config.biggan
+    if bc.class_mode == "given" and int(bc.class_index) < 0:
+        raise JobError(
+            "config.biggan.class_mode='given' needs config.biggan.class_index (the class of "
+            "the images, 0..num_classes-1)"
+        )
+    try:
+        return arch_lib.arch_for(
+            gan.config,
+            truncation=float(bc.truncation),
+            class_mode=str(bc.class_mode),
+            class_index=int(bc.class_index),
+        )
+    except (TypeError, ValueError) as e:
+        raise JobError(f"config.biggan: {e}") from None
+
+
+def arch_settings(arch) -> Optional[dict]:
+    """The architecture options a resumed run must share (None for StyleGAN2)."""
+    if arch is None:
+        return None
+    opts = {
+        f.name: getattr(arch, f.name)
+        for f in dataclasses.fields(arch)
+        if f.name not in ("cfg", "d_apply")
+    }
+    return {"name": arch.name, **opts}
+
+
 def resolve_init(config, has_encoder: bool) -> str:
     """config.init='auto' -> each method's paper start: latent_opt starts at the encoder (mean w
     without one); the tuning methods (PTI, Clone, GMM) tune around a projected pivot
@@ -175,9 +216,11 @@ def pivot_config(config, has_encoder: bool):
     return cfg
 
 
-def run_settings(config, source, pre, mcfg, gan_cfg, init: str, init_cfg=None) -> dict:
+def run_settings(
+    config, source, pre, mcfg, gan_cfg, init: str, init_cfg=None, arch: Optional[dict] = None
+) -> dict:
     """What a resumed run must share with the original (batching settings may change)."""
-    return {
+    out = {
         "method": config.method,
         "method_config": json.loads(mcfg.to_json_best_effort()),
         "steps": int(config.steps),
@@ -202,6 +245,9 @@ def run_settings(config, source, pre, mcfg, gan_cfg, init: str, init_cfg=None) -
             "align": str(pre.align),
         },
     }
+    if arch is not None:  # non-StyleGAN2 generators (StyleGAN2 runs keep their old settings)
+        out["arch"] = arch
+    return out
 
 
 def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context:
@@ -212,19 +258,28 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     source = sources.open_source(config.data)  # cheap checks first: input, then G
     gan = load_generator(config.generator)
     g_cfg = gan.config
-    has_encoder = bool(gan.config.d_w_head and "D" in gan.params)
+    architecture = getattr(gan, "architecture", "stylegan2")
+    # the encoder (InvGAN w-head) start exists for StyleGAN2 only
+    has_encoder = bool(architecture == "stylegan2" and gan.config.d_w_head and "D" in gan.params)
     init = resolve_init(config, has_encoder)
     if init == "encoder" and not has_encoder:
         raise JobError(
             f"config.init='encoder': generator {config.generator!r} has no encoder "
             "(InvGAN w-head); use config.init=mean_w or latent_opt"
         )
+    if config.method == "clone" and architecture == "biggan":
+        raise JobError(
+            f"config.method='clone' needs a discriminator; {config.generator!r} is a BigGAN "
+            "(pytorch-pretrained-biggan ships none): Clone runs with a D of your own through "
+            "the Python API (inversion.arch_for(cfg, d_apply=...), make_frozen(d_vars=...))"
+        )
     if config.method == "clone" and "D" not in gan.params:
         raise JobError(
             f"config.method='clone' needs a discriminator; {config.generator!r} has "
             "none (convert it without --no-d)"
         )
-    pre = sources.preprocess_for(config.data, g_cfg)
+    arch = make_arch(config, gan)
+    pre = sources.preprocess_for(config.data, gan)
     if devices is not None and jax.process_count() > 1:
         raise JobError("explicit devices are for single-process runs only")
     local = list(devices) if devices is not None else jax.local_devices()
@@ -236,7 +291,9 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
             f"with {len(local)} here"
         )
     init_cfg = pivot_config(config, has_encoder) if init == "latent_opt" else None
-    settings = run_settings(config, source, pre, mcfg, g_cfg.to_dict(), init, init_cfg)
+    settings = run_settings(
+        config, source, pre, mcfg, g_cfg.to_dict(), init, init_cfg, arch_settings(arch)
+    )
     m = manifest_lib.Manifest.open(workdir, settings)  # ResumeMismatch -> one line
     from ganinv_jax import losses
     from ganinv_jax.inversion import base
@@ -252,6 +309,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
         lpips_net=losses.perceptual.canonical_net(config.lpips_net),
         d_vars=gan.params.get("D") if method.name == "clone" else None,
         reals=load_reals(config, pre) if method.name == "clone" else None,
+        arch=arch,
     )
     return Context(
         config=config,

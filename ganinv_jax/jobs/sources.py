@@ -261,7 +261,8 @@ def resolve_align(spec: Any) -> Optional[Callable]:
 
 def preprocess_for(data_cfg, g_cfg) -> Preprocess:
     """How `config.data`'s images become images of the generator `g_cfg` (its resolution and
-    channels): the one place the invert job and the edit task build their Preprocess."""
+    channels; a config or a `pretrained.GAN`): the one place the invert job and the edit task
+    build their Preprocess."""
     return Preprocess(
         resolution=g_cfg.resolution,
         channels=g_cfg.img_channels,
