@@ -550,6 +550,25 @@ def load(
     return gan_cls(cfg, trees, which=which, meta=doc)
 
 
+DEFAULT_ENCODER_DIR = os.path.join(os.path.dirname(DEFAULT_DIR), "default_encoder")
+
+
+def load_encoder(path: str = "default"):
+    """A trained encoder DIR (`python -m ganinv_jax.main --config=configs/encoder.py`), or
+    'default' (the paper-000 encoder of the embedded default model, once one is shipped) ->
+    `encoders.TrainedEncoder` with `encode(images) -> latents`. Problems: one-line UserErrors."""
+    from ganinv_jax import encoders
+
+    if path == "default":
+        if not os.path.isdir(DEFAULT_ENCODER_DIR):
+            raise MissingDirError(
+                f"no default encoder is shipped yet ({DEFAULT_ENCODER_DIR} does not exist); "
+                "train one: python -m ganinv_jax.main --config=configs/encoder.py --workdir=W"
+            )
+        path = DEFAULT_ENCODER_DIR
+    return encoders.TrainedEncoder.load(path)
+
+
 def _check_like(tree: Any, abstract: Any, where: str) -> None:
     """Orbax may restore into a target of another shape without complaint: check ourselves."""
     got = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}

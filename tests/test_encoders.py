@@ -4,6 +4,7 @@ StyleGAN2 (16x16, channels 16/16/8, z_dim 12 != w_dim 16, so z and w heads are t
 Compile count is the cost: the sharded/resume tests share the `:tiny` config's step (one
 compilation per mesh, `encoder.jit_train_step`'s cache)."""
 
+import dataclasses
 import json
 
 import jax
@@ -249,6 +250,12 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_and_exports(gan, tmp_p
     assert enc == tr.encoder_config(c, TINY_G) and doc["source"]["step"] == 4
     assert sg2.StyleGAN2Config.from_dict(doc["generator"]["config"]) == TINY_G
     assert _max_abs_diff(params, full.params) == 0.0
+    loaded = pretrained.load_encoder(str(tmp_path / "a" / "encoder"))  # the public loader
+    x = np.zeros((2, TINY_G.resolution, TINY_G.resolution, TINY_G.img_channels), np.float32)
+    np.testing.assert_array_equal(loaded.encode(x), encoders.encode(enc, params, x))
+    loaded.check_generator(TINY_G)
+    with pytest.raises(ValueError, match="encoder is for a G with"):
+        loaded.check_generator(dataclasses.replace(TINY_G, w_dim=TINY_G.w_dim + 1))
     with pytest.raises(pretrained.MissingDirError, match="no such encoder directory"):
         encoders.read_dir(str(tmp_path / "nope"))
     (tmp_path / "a" / "encoder" / "config.json").write_text('{"architecture": "stylegan2"}')
