@@ -468,9 +468,8 @@ class Measurer:
     def _moved(self, recon, cells):
         """recon [H, W, C], cells [D, S, H, W, C] -> [D, S'] LPIPS (nonzero strengths)."""
         edited = self._rgb(cells[:, self.moving].reshape(-1, *recon.shape))
-        origin = np.broadcast_to(self._rgb(recon), edited.shape)
         moved = measure.lpips_moved(
-            lambda a, b: self._lpips(self.lpips_params, a, b), origin[0], edited
+            lambda a, b: self._lpips(self.lpips_params, a, b), self._rgb(recon), edited
         )
         return moved.reshape(cells.shape[0], len(self.moving))
 
