@@ -285,15 +285,16 @@ def _convert_nvlabs(obj, src, fmt, raw_g, with_d, conv_clamp) -> tuple[StyleGAN2
         trees[net] = apply_table(sd, table, abstract[net], source=src, net=net, taps=cfg.fir)
     prov["w_avg"] = {k: "mapping.w_avg" for k in trees if k != "D"}
     if kwargs:
-        prov["init_kwargs"] = {k: _jsonable(v) for k, v in kwargs.items()}
+        prov["init_kwargs"] = {k: jsonable(v) for k, v in kwargs.items()}
     return cfg, trees, prov
 
 
-def _jsonable(x):
+def jsonable(x):
+    """Any config value (numpy scalars, nested tuples, odd objects as repr) as JSON data."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.generic):
         return x.item()
     return x if isinstance(x, (str, int, float, bool, type(None))) else repr(x)

@@ -164,16 +164,6 @@ def _pick_networks(obj: Mapping, src: str, raw_g: bool, with_d: bool) -> tuple[d
     return {net: obj[key] for net, key in keys.items()}, keys
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x if isinstance(x, (str, int, float, bool, type(None))) else repr(x)
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -182,7 +172,7 @@ def convert_pggan_zoo(
 ) -> tuple[PGGANConfig, dict, dict]:
     """(config, {'G_ema'[, 'G'][, 'D']: variables}, provenance) from `safe_load.load(src)[1]`."""
     # Imported here: `convert` may import this module at its top (format dispatch).
-    from weights_convert.convert import apply_table, sniff
+    from weights_convert.convert import apply_table, jsonable, sniff
 
     if not (isinstance(obj, Mapping) and "config" in obj and obj.get("netG") is not None):
         guess = sniff(obj)
@@ -198,7 +188,7 @@ def convert_pggan_zoo(
         table = discriminator_table(cfg) if net == "D" else generator_table(cfg)
         trees[net] = apply_table(sd, table, abstract[net], source=src, net=keys[net])
     prov = {
-        "zoo_config": _jsonable(fields),
+        "zoo_config": jsonable(fields),
         "networks": dict(keys),
         "alpha": cfg.alpha,
         "output_activation": f"{cfg.output_activation} (lossCriterion={fields['lossCriterion']})",
