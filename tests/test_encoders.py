@@ -254,7 +254,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_and_exports(gan, tmp_p
     x = np.zeros((2, TINY_G.resolution, TINY_G.resolution, TINY_G.img_channels), np.float32)
     np.testing.assert_array_equal(loaded.encode(x), encoders.encode(enc, params, x))
     loaded.check_generator(TINY_G)
-    with pytest.raises(ValueError, match="encoder is for a G with"):
+    with pytest.raises(encoders.EncoderMismatchError, match="encoder is for a G with"):
         loaded.check_generator(dataclasses.replace(TINY_G, w_dim=TINY_G.w_dim + 1))
     with pytest.raises(pretrained.MissingDirError, match="no such encoder directory"):
         encoders.read_dir(str(tmp_path / "nope"))

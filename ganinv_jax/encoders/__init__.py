@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from ganinv_jax import atomic, checkpointing
 from ganinv_jax.encoders.adaptive import AdaptiveEncoder
 from ganinv_jax.encoders.crg import VGG19_STAGES, VGG19_WIDTHS, CRGEncoder
+from ganinv_jax.errors import UserError
 
 KINDS = ("adaptive", "crg")
 TARGETS = {"adaptive": ("wplus",), "crg": ("z", "w")}
@@ -280,6 +281,23 @@ def read_dir(path: str) -> tuple[EncoderConfig, Any, dict]:
     return cfg, params, doc
 
 
+class EncoderMismatchError(UserError, ValueError):
+    """An encoder made for a generator of another shape."""
+
+
+def check_fits(cfg: EncoderConfig, gan_config, where: str) -> None:
+    """One-line EncoderMismatchError unless the encoder was made for a G of `gan_config`'s
+    shape (resolution, channels, num_ws, w_dim, z_dim)."""
+    got = (cfg.resolution, cfg.img_channels, cfg.num_ws, cfg.w_dim, cfg.z_dim)
+    g = gan_config
+    want = (g.resolution, g.img_channels, g.num_ws, g.w_dim, g.z_dim)
+    if got != want:
+        raise EncoderMismatchError(
+            f"{where}: encoder is for a G with (resolution, channels, num_ws, w_dim, z_dim) = "
+            f"{got}, the generator has {want}"
+        )
+
+
 class TrainedEncoder:
     """A trained encoder read from its DIR: `encode(images) -> latents` at one forward pass.
 
@@ -296,15 +314,7 @@ class TrainedEncoder:
         return cls(cfg, params, doc, os.path.abspath(path))
 
     def check_generator(self, gan_config, where: str = "") -> None:
-        """One-line ValueError when this encoder was not made for a G of `gan_config`'s shape."""
-        c, want = self.config, gan_config
-        got = (c.resolution, c.img_channels, c.num_ws, c.w_dim, c.z_dim)
-        need = (want.resolution, want.img_channels, want.num_ws, want.w_dim, want.z_dim)
-        if got != need:
-            raise ValueError(
-                f"{where or self.path}: encoder is for a G with (resolution, channels, num_ws, "
-                f"w_dim, z_dim) = {got}, this G has {need}"
-            )
+        check_fits(self.config, gan_config, where or self.path)
 
     def encode(self, images: jax.Array) -> jax.Array:
         """images [N, R, R, C] in [-1, 1] -> latents [N, *config.latent_shape]."""

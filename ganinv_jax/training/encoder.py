@@ -386,7 +386,7 @@ def setup(config, gan, mesh=None):
         attention_config(config)
     if config.encoder.init_from:
         enc, _, _ = encoders.read_dir(config.encoder.init_from)
-        _check_fits(enc, gan.config, config.encoder.init_from)
+        encoders.check_fits(enc, gan.config, config.encoder.init_from)
     else:
         enc = encoder_config(config, gan.config)
     if enc.kind != config.encoder.kind:
@@ -399,16 +399,6 @@ def setup(config, gan, mesh=None):
         raise UserError(f"batch_size {config.batch_size} not divisible by {mesh.size} devices")
     init_fn = functools.partial(init_state, config, enc, _latent_mean(enc, gan))
     return enc, mesh, init_fn
-
-
-def _check_fits(enc, g, where):
-    got = (enc.resolution, enc.img_channels, enc.num_ws, enc.w_dim, enc.z_dim)
-    want = (g.resolution, g.img_channels, g.num_ws, g.w_dim, g.z_dim)
-    if got != want:
-        raise UserError(
-            f"{where}: encoder for (res, channels, num_ws, w_dim, z_dim) = {got}, "
-            f"the generator has {want}"
-        )
 
 
 def warm_start(config, state: EncoderState, shardings) -> EncoderState:
