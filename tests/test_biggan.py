@@ -34,6 +34,7 @@ from weights_convert.safe_load import CheckpointError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _ci  # noqa: E402
+from _parity import max_err  # noqa: E402
 
 TOL = 1e-4
 FOLDER = "biggan_small"
@@ -71,12 +72,6 @@ def generate():
         return cache[cfg]
 
     return get
-
-
-def max_err(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.max(np.abs(a - b)))
 
 
 # ----------------------------------------------------------------------------- parity

@@ -27,6 +27,7 @@ from weights_convert.cli import main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _ci  # noqa: E402
+from _parity import max_err, nchw, nhwc  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
@@ -40,20 +41,6 @@ def fx(name: str) -> str:
     """A parity fixture's path: a test that needs a missing one skips, or FAILS under CI=true
     (tests that need no fixture -- the safety ones -- always run)."""
     return _ci.fixture_file(name)
-
-
-def nhwc(x: np.ndarray) -> jnp.ndarray:
-    return jnp.asarray(x.transpose(0, 2, 3, 1))
-
-
-def nchw(x) -> np.ndarray:
-    return np.asarray(x).transpose(0, 3, 1, 2)
-
-
-def max_err(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.max(np.abs(a - b)))
 
 
 def run_cli(argv, capsys) -> tuple[int, str]:

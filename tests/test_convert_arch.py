@@ -28,15 +28,12 @@ from weights_convert.cli import main
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _ci  # noqa: E402
 import test_invert_job_support as support  # noqa: E402
+from _parity import nchw  # noqa: E402
 
 PG = "pggan_zoo_small.pt"
 PG_IO = "pggan_zoo_small_io.npz"
 BG = "biggan_small"
 BG_IO = "biggan_small_io.npz"
-
-
-def nchw(x) -> np.ndarray:
-    return np.asarray(x).transpose(0, 3, 1, 2)
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:

@@ -28,26 +28,13 @@ from weights_convert.safe_load import CheckpointError, UnsafeCheckpointError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _ci  # noqa: E402
+from _parity import max_err, nchw, nhwc  # noqa: E402
 
 TOL = 1e-4
 CKPT = "pggan_zoo_small.pt"
 IO = "pggan_zoo_small_io.npz"
 # npz entries that are inputs or metadata, not outputs of a network.
 IO_INPUTS = {"z", "d_input_rand", "alpha", "resolution"}
-
-
-def nhwc(x: np.ndarray) -> jnp.ndarray:
-    return jnp.asarray(x.transpose(0, 2, 3, 1))
-
-
-def nchw(x) -> np.ndarray:
-    return np.asarray(x).transpose(0, 3, 1, 2)
-
-
-def max_err(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.max(np.abs(a - b)))
 
 
 # ----------------------------------------------------------------------------- the fixture

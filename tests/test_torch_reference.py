@@ -26,6 +26,7 @@ from ganinv_jax.models import stylegan2 as S
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _ci  # noqa: E402
+from _parity import max_err, nchw  # noqa: E402
 
 torch = _ci.importorskip("torch")  # CI installs the test extras: a missing torch fails there
 
@@ -46,16 +47,6 @@ TR = _load_torch_reference()
 
 def fixture_file(name: str) -> str:
     return _ci.fixture_file(name)  # skip, or fail under CI=true
-
-
-def nchw(x) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
-
-
-def max_err(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.max(np.abs(a - b)))
 
 
 def torch_synth(g, ws, noise_mode="const") -> np.ndarray:
