@@ -55,13 +55,16 @@ def get_config(variant: str = ""):
     config.seed = 0
 
     # Inversion (task 'invert').
-    config.method = "latent_opt"  # latent_opt | pti | clone | gmm
+    config.method = "latent_opt"  # latent_opt | pti | clone | gmm | encoder | encoder_ft
     config.steps = 200  # max iterations per image (= the method's num_steps)
     config.batch_size = 8  # images per device per chunk
     config.init = "auto"  # auto: each method's paper start -- latent_opt from the
     # encoder (mean w if G has none); PTI / Clone / GMM tune
     # around a projected pivot ('latent_opt') | mean_w |
-    # encoder (InvGAN w-head) | latent_opt (projection below)
+    # encoder (config.encoder) | latent_opt (projection below)
+    config.encoder = "auto"  # the encoder of init 'encoder', of the pivot's start and of the
+    # encoder methods: auto (the shipped paper-000 encoder of the default G, else G's InvGAN
+    # w-head, else none) | default | invgan | none | a trained encoder DIR (configs/encoder.py)
     config.init_steps = 100  # pivot projection: latent_opt steps (config.latent_opt's
     config.init_space = "w+"  # loss) in 'w+' or 'w' (PTI's pivot), from the encoder if any
     config.strategy = "auto"  # engine batching: auto | vmap | map | chunked
@@ -80,7 +83,8 @@ def get_config(variant: str = ""):
     # chunks/*.npz hold them anyway; off for huge runs)
 
     for name in inversion.BUILTIN_NAMES:
-        config[name] = method_defaults(name)
+        if len(method_defaults(name)):  # 'encoder' has none (config.encoder is the encoder)
+            config[name] = method_defaults(name)
     # The one departure from the method's defaults: the projector's LPIPS-VGG term costs ~10x
     # more per step than the whole 32x32 generator on CPU, so the default run optimizes MSE
     # (in W+) and stays within minutes on 2 cores. LPIPS is still reported in metrics.csv.

@@ -24,7 +24,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_invert_job_support as support  # noqa: E402
 
-from ganinv_jax import pretrained  # noqa: E402
+from ganinv_jax import encoders, pretrained  # noqa: E402
 from ganinv_jax.jobs import invert, records, sources  # noqa: E402
 
 N = 2
@@ -44,15 +44,12 @@ def images():
 
 
 def _run_job(workdir, **overrides):
-    config = support.job_config(
-        "default",
-        data__limit=N,
-        method="latent_opt",
-        steps=1,
-        steps_per_call=1,
-        batch_size=N,
-        **overrides,
-    )
+    """The job on the first N bundled images; the InvGAN w-head is the encoder unless
+    `encoder=` says otherwise (with a shipped default encoder, 'auto' would pick that one)."""
+    settings = dict(data__limit=N, method="latent_opt", steps=1, steps_per_call=1, batch_size=N)
+    settings.update(encoder="invgan")
+    settings.update(overrides)
+    config = support.job_config("default", **settings)
     invert.run(config, workdir, devices=jax.devices()[:1])
     settings = json.load(open(os.path.join(workdir, "manifest.json")))["run"]
     with np.load(os.path.join(workdir, "latents.npz")) as z:
@@ -93,7 +90,7 @@ def test_init_encoder_starts_at_the_w_head(encoder_run, gan, images):
 
 
 def test_init_auto_is_the_encoder_for_latent_opt(tmp_path, encoder_run):
-    """The README's default (`init=auto`, latent_opt, the default model) = init=encoder."""
+    """`init=auto` for latent_opt = init=encoder."""
     settings, latents, mse = _run_job(str(tmp_path / "auto"))  # same compiled programs
     assert settings["init"] == "encoder"
     np.testing.assert_array_equal(latents, encoder_run[1])
@@ -121,3 +118,94 @@ def test_init_latent_opt_projects_a_pivot_from_the_encoder(tmp_path, encoder_run
     # the job's reconstruction is G(pivot), and the projection improved on the encoder
     np.testing.assert_allclose(mse, _mse01(gan, pivot, images), rtol=1e-4, atol=1e-7)
     assert np.all(mse < encoder_run[2]), (mse, encoder_run[2])
+
+
+# ----------------------------------------------------------------------------- trained encoders
+
+
+@pytest.fixture(scope="module")
+def enc_dir(tmp_path_factory, gan):
+    """A small paper-000 encoder DIR for the default G (random weights: the job's wiring is
+    under test, not the encoder's training)."""
+    cfg = encoders.config_for_generator("adaptive", gan.config, width=0.25)
+    w_avg = np.asarray(gan.G["buffers"]["mapping"]["w_avg"])
+    params = encoders.init_params(cfg, jax.random.key(1), latent_mean=w_avg)
+    return encoders.write_dir(str(tmp_path_factory.mktemp("enc") / "E"), cfg, params)
+
+
+@pytest.fixture(scope="module")
+def encoder_method_run(tmp_path_factory, enc_dir):
+    return _run_job(str(tmp_path_factory.mktemp("encm")), method="encoder", encoder=enc_dir)
+
+
+def test_method_encoder_is_the_encoders_reconstruction(encoder_method_run, enc_dir, gan, images):
+    settings, latents, mse = encoder_method_run
+    assert settings["init"] == "encoder" and settings["encoder"] == enc_dir
+    enc = np.asarray(pretrained.load_encoder(enc_dir).encode_ws(jnp.asarray(images), gan))
+    assert latents.shape == (N, gan.config.num_ws, gan.config.w_dim)
+    np.testing.assert_allclose(latents, enc, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(mse, _mse01(gan, enc, images), rtol=1e-4, atol=1e-7)
+
+
+def test_init_encoder_dir_starts_latent_opt_there(tmp_path, encoder_method_run, enc_dir):
+    settings, latents, _ = _run_job(str(tmp_path / "lo"), init="encoder", encoder=enc_dir)
+    assert settings["init"] == "encoder" and settings["encoder"] == enc_dir
+    np.testing.assert_allclose(latents, encoder_method_run[1], rtol=0, atol=1e-5)
+
+
+def test_encoder_ft_tunes_each_images_encoder(tmp_path, encoder_method_run, enc_dir, gan):
+    """3 steps of per-image fine-tuning (LPIPS term off: its backward's compile is covered by
+    the loss tests) lower every image's reconstruction error below the encoder's, and the saved
+    latent is what the tuned encoder gives (G(latent) is the reconstruction)."""
+    wd = str(tmp_path / "ft")
+    settings, latents, mse = _run_job(
+        wd, method="encoder_ft", encoder=enc_dir, steps=3, steps_per_call=3, encoder_ft__w_lpips=0.0
+    )
+    assert settings["method_config"]["num_steps"] == 3
+    rows = records.read_csv(os.path.join(wd, "metrics.csv"))
+    assert [int(r["iterations"]) for r in rows] == [3] * N
+    print(f"\nencoder_ft MSE {mse} (encoder {encoder_method_run[2]})")
+    assert np.all(mse < encoder_method_run[2]), (mse, encoder_method_run[2])
+    assert np.abs(latents - encoder_method_run[1]).max() > 1e-4
+    with np.load(sources.BUNDLED_SAMPLE) as z:
+        x = np.repeat(z["images"][:N].astype(np.float32) / 127.5 - 1.0, 3, axis=-1)
+    np.testing.assert_allclose(mse, _mse01(gan, latents, x), rtol=1e-4, atol=1e-7)
+    tuned = invert.load_tuned(wd, 0)  # the image's own encoder, as a delta
+    assert jax.tree_util.tree_structure(tuned) == jax.tree_util.tree_structure(
+        pretrained.load_encoder(enc_dir).params
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(method="encoder", encoder="invgan"), "needs a trained encoder"),
+        (dict(method="encoder_ft", encoder="none"), "needs a trained encoder"),
+        (dict(method="encoder", init="mean_w"), "starts from its encoder"),
+        (dict(init="encoder", encoder="/no/such/encoder"), "no such encoder directory"),
+    ],
+)
+def test_encoder_settings_fail_in_one_line(tmp_path, overrides, message):
+    config = support.job_config("default", data__limit=N, **overrides)
+    with pytest.raises(invert.JobError) as e:
+        invert.prepare(config, str(tmp_path / "w"), devices=jax.devices()[:1])
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not os.path.exists(str(tmp_path / "w" / "manifest.json"))
+
+
+def test_an_encoder_for_another_generator_is_refused(tmp_path, gan):
+    small = encoders.EncoderConfig(
+        kind="adaptive",
+        resolution=16,
+        z_dim=64,
+        w_dim=64,
+        num_ws=6,
+        channels=(8, 8, 8),
+        in_channels=4,
+    )
+    d = encoders.write_dir(
+        str(tmp_path / "E16"), small, encoders.init_params(small, jax.random.key(0))
+    )
+    config = support.job_config("default", data__limit=N, init="encoder", encoder=d)
+    with pytest.raises(invert.JobError, match="encoder is for a G with"):
+        invert.prepare(config, str(tmp_path / "w"), devices=jax.devices()[:1])

@@ -23,7 +23,8 @@ and at the end
   W_EDIT/tensorboard/   the grids as image summaries.
 
 Which generator synthesizes the edits: the one each image was inverted with.
-  * latent_opt (and any method that keeps G fixed): the base G; noise maps the method optimized
+  * latent_opt, encoder, encoder_ft (its saved tuned trees are per-image encoders) and any
+    method that keeps G fixed: the base G; noise maps the method optimized
     (`extra/noise/*` in the chunk files, `latent_opt.optimize_noise`) are used as well.
   * PTI: base params with the saved synthesis delta added (`tuned` = synthesis - base).
   * Clone: base params with the saved delta of the whole G added (mapping + synthesis).
@@ -232,6 +233,8 @@ class Generators:
             self.mode = self.method
         elif has_tuned and self.method == "gmm":
             self._setup_gmm()
+        elif has_tuned and self.method == "encoder_ft":
+            pass  # its tuned parameters are per-image encoders: G is the base
         elif has_tuned:
             self.note = (
                 f"method {self.method!r} saved tuned parameters this job cannot apply: "

@@ -11,15 +11,29 @@ e.g. `make_frozen(..., arch=inv.arch_for(biggan_cfg, truncation=0.4))`) carries 
 all read it; `register` adds a method of one's own (tests use it for toy methods).
 """
 
-from ganinv_jax.inversion import arch, clone, gmm, init_latents, latent_opt, pti
+from ganinv_jax.inversion import (
+    arch,
+    clone,
+    encoder_methods,
+    gmm,
+    init_latents,
+    latent_opt,
+    pti,
+)
 from ganinv_jax.inversion.arch import Arch, arch_for
 from ganinv_jax.inversion.base import Frozen, Method, make_frozen
 from ganinv_jax.inversion.engine import auto_strategy, invert_batch
 
-BUILTIN_NAMES = tuple(m.name for m in (latent_opt.METHOD, pti.METHOD, clone.METHOD, gmm.METHOD))
-METHODS: dict[str, Method] = {
-    m.name: m for m in (latent_opt.METHOD, pti.METHOD, clone.METHOD, gmm.METHOD)
-}
+_BUILTIN = (
+    latent_opt.METHOD,
+    pti.METHOD,
+    clone.METHOD,
+    gmm.METHOD,
+    encoder_methods.ENCODER,
+    encoder_methods.ENCODER_FT,
+)
+BUILTIN_NAMES = tuple(m.name for m in _BUILTIN)
+METHODS: dict[str, Method] = {m.name: m for m in _BUILTIN}
 
 
 def register(method: Method) -> None:
@@ -45,5 +59,6 @@ __all__ = [
     "pti",
     "clone",
     "gmm",
+    "encoder_methods",
     "init_latents",
 ]

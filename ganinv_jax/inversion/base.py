@@ -50,7 +50,8 @@ class Method(NamedTuple):
     result: Callable[..., dict]
     default_config: Callable[[], ml_collections.ConfigDict]
     converged: Callable[[dict, ml_collections.ConfigDict], Array]
-    tunes_weights: bool = True  # per-image generator weights (drives the 'auto' strategy)
+    tunes_weights: bool = True  # per-image weights (drives the 'auto' strategy)
+    encodes: bool = False  # starts from Frozen.encoder's own encoding (init_latent ignored)
 
 
 @flax.struct.dataclass
@@ -68,6 +69,8 @@ class Frozen:
     g_cfg: the generator's config (static). lpips_net: 'vgg' | 'alex' (static).
     id_loss: optional feature loss (x, y, NHWC batches) -> [N] for GMM's identity term (static).
     arch: the `inversion.arch.Arch` (static); None -> `arch_for(g_cfg)` (its defaults).
+    encoder: a trained encoder's params (`ganinv_jax.encoders`) or None; encoder_cfg: its
+      `EncoderConfig` (static). The `encoder` / `encoder_ft` methods need them.
     """
 
     g: PyTree
@@ -80,6 +83,8 @@ class Frozen:
     lpips_net: str = flax.struct.field(pytree_node=False, default="vgg")
     id_loss: Optional[Callable] = flax.struct.field(pytree_node=False, default=None)
     arch: Optional[arch_lib.Arch] = flax.struct.field(pytree_node=False, default=None)
+    encoder: Optional[PyTree] = None
+    encoder_cfg: Any = flax.struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
         if self.arch is None:
@@ -97,11 +102,14 @@ def make_frozen(
     w_stats_samples: int = 10000,
     lpips_net: Optional[str] = None,
     arch: Optional[arch_lib.Arch] = None,
+    encoder: Any = None,
 ) -> Frozen:
     """Builds the frozen inputs. `lpips`: 'vgg' | 'alex' (load the real weights), a params pytree
     (of net `lpips_net`, default 'vgg'), or None (no LPIPS: methods must then use
     perceptual='none' or 'pooled_l2'). `arch`: an `inversion.arch.Arch` for `g_cfg` (default
-    `arch_for(g_cfg)`; e.g. `arch_for(biggan_cfg, truncation=0.4, class_mode='given')`)."""
+    `arch_for(g_cfg)`; e.g. `arch_for(biggan_cfg, truncation=0.4, class_mode='given')`).
+    `encoder`: a `encoders.TrainedEncoder` (for the `encoder` / `encoder_ft` methods), checked
+    against `g_cfg`."""
     net = lpips_net or "vgg"
     if isinstance(lpips, str):
         net = lpips
@@ -109,6 +117,10 @@ def make_frozen(
     arch = arch_for(g_cfg) if arch is None else arch
     if arch.cfg != g_cfg:
         raise ValueError(f"arch {arch.name} was made for another config than g_cfg")
+    if encoder is not None:
+        if arch.name != "stylegan2":
+            raise ValueError(f"trained encoders exist for StyleGAN2 only, not {arch.name}")
+        encoder.check_generator(g_cfg)
     w_avg, w_std = arch.statistics(g_vars, w_stats_samples, 123)
     return Frozen(
         g=g_vars,
@@ -121,6 +133,8 @@ def make_frozen(
         lpips_net=net,
         id_loss=id_loss,
         arch=arch,
+        encoder=None if encoder is None else encoder.params,
+        encoder_cfg=None if encoder is None else encoder.config,
     )
 
 

@@ -255,7 +255,7 @@ def invert_batch(
       [B, w_dim], W+ or W; PGGAN: [B, z_dim]; BigGAN: [B, z_dim + num_classes]), or None for
       the architecture's mean / start latent (StyleGAN2: the mean w).
     cfg: the method's ConfigDict (default `method.default_config()`).
-    steps: the maximum number of steps per image (default `cfg.num_steps`).
+    steps: the maximum number of steps per image (default `cfg.num_steps`; 0 without one).
     steps_per_call: K, the scan length of one compiled call.
     chunk_size: images per vmap chunk for strategy='chunked'.
     devices: the devices of the 1-D mesh ('data',) (default: all).
@@ -265,7 +265,7 @@ def invert_batch(
     """
     cfg = method.default_config() if cfg is None else cfg
     fcfg = _freeze_cfg(cfg)
-    steps = int(cfg.num_steps if steps is None else steps)
+    steps = int(cfg.get("num_steps", 0) if steps is None else steps)  # none: zero-step methods
     if strategy == "auto":
         strategy = auto_strategy(method)
     images = jnp.asarray(images, jnp.float32)

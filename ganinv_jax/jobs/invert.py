@@ -45,6 +45,7 @@ from ganinv_jax.jobs import methods as methods_lib
 from ganinv_jax.jobs import records, reporting, sources
 
 INITS = ("auto", "mean_w", "encoder", "latent_opt")
+ENCODER_METHODS = ("encoder", "encoder_ft")  # methods that encode the image themselves
 
 
 class JobError(UserError):
@@ -150,12 +151,77 @@ def arch_settings(arch) -> Optional[dict]:
 def resolve_init(config, has_encoder: bool) -> str:
     """config.init='auto' -> each method's paper start: latent_opt starts at the encoder (mean w
     without one); the tuning methods (PTI, Clone, GMM) tune around a projected pivot
-    ('latent_opt': `init_steps` of latent optimization, itself started at the encoder)."""
+    ('latent_opt': `init_steps` of latent optimization, itself started at the encoder); the
+    encoder methods (`encoder`, `encoder_ft`) start from their own encoding ('encoder')."""
+    if config.method in ENCODER_METHODS:
+        if config.init not in ("auto", "encoder"):
+            raise JobError(
+                f"config.method={config.method!r} starts from its encoder's own encoding; "
+                f"config.init={config.init!r} would be ignored (use 'auto' or 'encoder')"
+            )
+        return "encoder"
     if config.init != "auto":
         return config.init
     if config.method in ("pti", "clone", "gmm"):
         return "latent_opt"
     return "encoder" if has_encoder else "mean_w"
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderChoice:
+    """The encoder `config.encoder` resolved to: kind 'trained' (a `TrainedEncoder` DIR),
+    'invgan' (G's InvGAN w-head) or 'none'."""
+
+    kind: str
+    trained: Any = None  # encoders.TrainedEncoder (kind 'trained')
+    spec: str = "none"  # what the run settings record: 'invgan', 'none' or the DIR's path
+
+    def encode_fn(self, gan) -> Optional[Any]:
+        """images [N,H,W,C] in [-1, 1] -> G's ws (or w), or None without an encoder."""
+        if self.kind == "trained":
+            return lambda x: self.trained.encode_ws(x, gan)
+        return gan.encode if self.kind == "invgan" else None
+
+
+def resolve_encoder(config, gan) -> EncoderChoice:
+    """config.encoder: 'auto' (the shipped paper-000 encoder for the default generator when the
+    install has one, else G's InvGAN w-head when G has one, else none) | 'default' | 'invgan' |
+    'none' | a trained encoder DIR (`configs/encoder.py`). A trained encoder must fit G."""
+    from ganinv_jax import pretrained
+
+    spec = str(config.encoder)
+    architecture = getattr(gan, "architecture", "stylegan2")
+    has_head = architecture == "stylegan2" and bool(gan.config.d_w_head and "D" in gan.params)
+    if spec == "auto":
+        if config.generator == "default" and os.path.isdir(pretrained.DEFAULT_ENCODER_DIR):
+            spec = "default"
+        else:
+            spec = "invgan" if has_head else "none"
+    if spec == "none":
+        return EncoderChoice("none")
+    if spec == "invgan":
+        if not has_head:
+            raise JobError(
+                f"config.encoder='invgan': generator {config.generator!r} has no InvGAN w-head "
+                "(its D was not trained with one); give a trained encoder DIR"
+            )
+        return EncoderChoice("invgan", spec="invgan")
+    if architecture != "stylegan2":
+        raise JobError(
+            f"config.encoder={spec!r}: trained encoders exist for StyleGAN2 generators only, "
+            f"{config.generator!r} is a {architecture}"
+        )
+    if spec == "default" and config.generator != "default":
+        raise JobError(
+            "config.encoder='default' is the encoder of the default generator; for "
+            f"{config.generator!r} give an encoder DIR trained for it"
+        )
+    try:
+        trained = pretrained.load_encoder(spec)
+        trained.check_generator(gan.config, f"config.encoder={spec!r}")
+    except UserError as e:
+        raise JobError(str(e)) from None
+    return EncoderChoice("trained", trained, "default" if spec == "default" else trained.path)
 
 
 def validate(config) -> None:
@@ -194,8 +260,12 @@ class Context:
     slots: int  # L: images per process per chunk
     manifest: manifest_lib.Manifest
     init: str  # the resolved config.init
-    has_encoder: bool = False  # G's D has the InvGAN w head (init 'encoder' / pivot start)
+    encoder: EncoderChoice = EncoderChoice("none")  # config.encoder (init 'encoder' / pivot start)
     init_cfg: Any = None  # latent_opt's config of the pivot projection (init='latent_opt')
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.encoder.kind != "none"
 
     @property
     def chunk_size(self) -> int:
@@ -217,7 +287,15 @@ def pivot_config(config, has_encoder: bool):
 
 
 def run_settings(
-    config, source, pre, mcfg, gan_cfg, init: str, init_cfg=None, arch: Optional[dict] = None
+    config,
+    source,
+    pre,
+    mcfg,
+    gan_cfg,
+    init: str,
+    init_cfg=None,
+    arch: Optional[dict] = None,
+    encoder: str = "invgan",
 ) -> dict:
     """What a resumed run must share with the original (batching settings may change)."""
     out = {
@@ -247,6 +325,8 @@ def run_settings(
     }
     if arch is not None:  # non-StyleGAN2 generators (StyleGAN2 runs keep their old settings)
         out["arch"] = arch
+    if encoder != "invgan":  # runs from before trained encoders used the InvGAN head or none
+        out["encoder"] = encoder
     return out
 
 
@@ -259,13 +339,19 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     gan = load_generator(config.generator)
     g_cfg = gan.config
     architecture = getattr(gan, "architecture", "stylegan2")
-    # the encoder (InvGAN w-head) start exists for StyleGAN2 only
-    has_encoder = bool(architecture == "stylegan2" and gan.config.d_w_head and "D" in gan.params)
+    encoder = resolve_encoder(config, gan)
+    has_encoder = encoder.kind != "none"
     init = resolve_init(config, has_encoder)
+    if method.encodes and encoder.kind != "trained":
+        raise JobError(
+            f"config.method={config.method!r} needs a trained encoder: "
+            "--config.encoder=DIR (python -m ganinv_jax.main --config=configs/encoder.py) or "
+            f"'default'; config.encoder={config.encoder!r} gives {encoder.kind}"
+        )
     if init == "encoder" and not has_encoder:
         raise JobError(
             f"config.init='encoder': generator {config.generator!r} has no encoder "
-            "(InvGAN w-head); use config.init=mean_w or latent_opt"
+            "(no InvGAN w-head, no config.encoder DIR); use config.init=mean_w or latent_opt"
         )
     if config.method == "clone" and architecture == "biggan":
         raise JobError(
@@ -292,7 +378,15 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
         )
     init_cfg = pivot_config(config, has_encoder) if init == "latent_opt" else None
     settings = run_settings(
-        config, source, pre, mcfg, g_cfg.to_dict(), init, init_cfg, arch_settings(arch)
+        config,
+        source,
+        pre,
+        mcfg,
+        g_cfg.to_dict(),
+        init,
+        init_cfg,
+        arch_settings(arch),
+        encoder.spec if encoder.kind != "none" else "invgan",
     )
     m = manifest_lib.Manifest.open(workdir, settings)  # ResumeMismatch -> one line
     from ganinv_jax import losses
@@ -310,6 +404,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
         d_vars=gan.params.get("D") if method.name == "clone" else None,
         reals=load_reals(config, pre) if method.name == "clone" else None,
         arch=arch,
+        encoder=encoder.trained if method.encodes else None,
     )
     return Context(
         config=config,
@@ -328,7 +423,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
         slots=int(config.batch_size) * len(local),
         manifest=m,
         init=init,
-        has_encoder=has_encoder,
+        encoder=encoder,
         init_cfg=init_cfg,
     )
 
@@ -368,16 +463,16 @@ def my_slots(ctx: Context, chunk: Sequence[int]) -> list[int]:
 
 
 def initial_latents(ctx: Context, images: np.ndarray, ids: np.ndarray):
-    """config.init: the mean w (None: the engine's default), the InvGAN w-head, or a projected
-    pivot: latent optimization (`config.latent_opt`'s loss, in `config.init_space`,
-    `config.init_steps` steps; PTI's pivot recipe), started at the encoder when G has one."""
+    """config.init: the mean w (None: the engine's default), the encoder (`config.encoder`), or
+    a projected pivot: latent optimization (`config.latent_opt`'s loss, in `config.init_space`,
+    `config.init_steps` steps; PTI's pivot recipe), started at the encoder when there is one.
+    The encoder methods encode the images themselves (None)."""
     from ganinv_jax.inversion import init_latents
 
-    if ctx.init == "mean_w":
+    if ctx.init == "mean_w" or ctx.method.encodes:
         return None
-    encoded = (
-        init_latents.from_encoder(ctx.gan.encode, images, ctx.frozen) if ctx.has_encoder else None
-    )
+    encode = ctx.encoder.encode_fn(ctx.gan)
+    encoded = init_latents.from_encoder(encode, images, ctx.frozen) if encode else None
     if ctx.init == "encoder":
         return encoded
     return init_latents.from_latent_opt(
@@ -429,7 +524,7 @@ def invert_local(ctx: Context, ids: Sequence[int], loaded: Optional[list] = None
         ctx.mcfg,
         seed=int(ctx.config.seed),
         strategy=ctx.config.strategy,
-        steps=int(ctx.config.steps),
+        steps=int(ctx.config.steps) if "num_steps" in ctx.mcfg else 0,  # 'encoder': none
         steps_per_call=int(ctx.config.steps_per_call),
         devices=ctx.devices,
     )

@@ -29,7 +29,9 @@ def get(name: str):
 def method_config(config, method) -> ml_collections.ConfigDict:
     """The method's defaults, overridden by `config.<method name>`, with num_steps = steps."""
     cfg = method.default_config()
-    overrides = config.get(method.name)
+    # A method without settings ('encoder') has no config.<name>: config.encoder names the
+    # encoder the job uses.
+    overrides = config.get(method.name) if len(cfg) else None
     if overrides is not None:
         for key, value in overrides.items():
             if key not in cfg:
