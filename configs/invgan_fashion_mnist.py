@@ -12,6 +12,8 @@ One variant alone:  --config=configs/invgan_fashion_mnist.py:naive   (or :aug_na
 DCGAN backbone:     --config=configs/invgan_fashion_mnist.py:dcgan
 Seconds-long smoke run (tests):  --config=configs/invgan_fashion_mnist.py:tiny
 Variants combine with commas, e.g. `:tiny,naive`.
+Train on random 32x32 patches of 64x64 images (paper Sec. 4.3, for tiled inversion):
+    ... --config.data.patch=2
 Parameter sharding (data parallel by default; `fsdp` shards params and Adam moments over the
 'data' axis): --config.param_sharding="(('.*', 'fsdp'),)"
 """
@@ -63,6 +65,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             resolution=32,
             channels=3,
             limit=0,
+            # Paper 004 Sec. 4.3 (tiling): k >= 2 trains on random resolution-px patches of the
+            # images loaded at k x resolution px (Fashion-MNIST above 32 px: the padded 32-px
+            # image resized up); tiles of k*m images are then what the invert job's
+            # --config.tile=k inverts. 0: whole images (the default model).
+            patch=0,
         )
     )
 

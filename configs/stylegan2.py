@@ -71,6 +71,8 @@ def get_config(variant: str = ""):
     config.steps_per_call = 25  # method steps per compiled call (lax.scan length)
     config.lpips_net = "vgg"  # LPIPS backbone of the metrics (and of Frozen.lpips)
     config.data = data_config()
+    config.tile = 0  # InvGAN's tiling (paper 004): N >= 2 inverts each image at N*m px as N x N
+    # tiles of G's m px (one latent each) and stitches them into WORKDIR/stitched/; 0/1: off
 
     config.reals = data_config()  # Clone's global loss: real images from path / tfds_name; with
     config.reals.num = 512  # neither, the default model's Fashion-MNIST TRAIN split; other

@@ -7,6 +7,8 @@
 * `list_folder` / `load_image_folder`: a folder's files in a deterministic order; unreadable or
   non-image files are returned as (path, reason), never silently dropped.
 * `make_grid` / `save_png`: the one grid and PNG writer (atomic writes, nearest upscaling).
+* `to_tiles` / `from_tiles` / `crop_patches`: an (n·m)² image <-> its n² row-major m² tiles
+  (InvGAN's tiled inversion), and m² crops at given offsets (InvGAN's patch training).
 
 Training (`data.load_image_folder`), the invert job's sources, export and benchmarks use these.
 """
@@ -206,6 +208,38 @@ def load_image_folder(
     if not images:
         raise DatasetError(f"{folder}: no readable images ({len(bad)} unreadable)")
     return np.stack(images), good, bad
+
+
+# ----------------------------------------------------------------------------- tiles, patches
+
+
+def to_tiles(image, m: int):
+    """[H, W, C] with H = W = n·m -> [n², m, m, C], row-major tiles (tile k is row k // n,
+    column k % n). Works on numpy and JAX arrays; any other shape is a ValueError."""
+    H, W, C = image.shape
+    if H != W or H % m or H == 0:
+        raise ValueError(
+            f"tiled inversion needs a square image with side a multiple of {m}, got {H}x{W}"
+        )
+    n = H // m
+    return image.reshape(n, m, n, m, C).transpose(0, 2, 1, 3, 4).reshape(n * n, m, m, C)
+
+
+def from_tiles(tiles):
+    """Inverse of `to_tiles`: [n², m, m, C] -> [n·m, n·m, C]."""
+    nn_, m, _, C = tiles.shape
+    n = int(round(float(np.sqrt(nn_))))
+    if n * n != nn_:
+        raise ValueError(f"from_tiles: {nn_} tiles are not a square number")
+    return tiles.reshape(n, n, m, m, C).transpose(0, 2, 1, 3, 4).reshape(n * m, n * m, C)
+
+
+def crop_patches(images: np.ndarray, offsets: np.ndarray, size: int) -> np.ndarray:
+    """[B, H, W, C] and integer offsets [B, 2] (top, left) -> the [B, size, size, C] crops."""
+    images, offsets = np.asarray(images), np.asarray(offsets)
+    return np.stack(
+        [img[t : t + size, l : l + size] for img, (t, l) in zip(images, offsets.tolist())]
+    )
 
 
 # ----------------------------------------------------------------------------- 8-bit and grids

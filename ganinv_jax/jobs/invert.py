@@ -42,7 +42,7 @@ from ganinv_jax.data import images as image_io
 from ganinv_jax.errors import UserError
 from ganinv_jax.jobs import manifest as manifest_lib
 from ganinv_jax.jobs import methods as methods_lib
-from ganinv_jax.jobs import records, reporting, sources
+from ganinv_jax.jobs import records, reporting, sources, tiling
 
 INITS = ("auto", "mean_w", "encoder", "latent_opt")
 ENCODER_METHODS = ("encoder", "encoder_ft")  # methods that encode the image themselves
@@ -238,6 +238,7 @@ def validate(config) -> None:
         raise JobError(f"config.init_space={config.init_space!r}: 'w' or 'w+'")
     if config.data.resize_mode not in ("crop", "pad"):
         raise JobError(f"config.data.resize_mode={config.data.resize_mode!r}: 'crop' or 'pad'")
+    tiling.check_tile(config.tile, save_png=bool(config.output.save_png))
 
 
 @dataclasses.dataclass
@@ -335,7 +336,8 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     validate(config)
     method = methods_lib.get(config.method)
     mcfg = methods_lib.method_config(config, method)
-    source = sources.open_source(config.data)  # cheap checks first: input, then G
+    # cheap checks first: input, then G; config.tile: each image as N x N tiles of G's size
+    source = tiling.maybe_tiled(sources.open_source(config.data), config.tile)
     gan = load_generator(config.generator)
     g_cfg = gan.config
     architecture = getattr(gan, "architecture", "stylegan2")
@@ -745,7 +747,13 @@ def write_latents(ctx: Context, chunks: list[dict]) -> None:
     )
 
 
-def write_summary(ctx: Context, chunks: list[dict], wall: float, session_images: int) -> dict:
+def write_summary(
+    ctx: Context,
+    chunks: list[dict],
+    wall: float,
+    session_images: int,
+    stitched: Optional[dict] = None,
+) -> dict:
     cfg = json.loads(ctx.config.to_json_best_effort())
     summary = {
         "aggregates": records.aggregate(chunks),
@@ -769,6 +777,8 @@ def write_summary(ctx: Context, chunks: list[dict], wall: float, session_images:
             "images_per_second": session_images / wall if wall > 0 else None,
         },
     }
+    if stitched is not None:
+        summary["stitched"] = stitched
     atomic.write_json(ctx.out("summary.json"), summary)
     return summary
 
@@ -896,7 +906,17 @@ def finish(ctx: Context, wall: float, session_images: int) -> dict:
     rebuild_views(ctx, done_chunks)
     if ctx.config.output.merge_latents:
         write_latents(ctx, committed_chunks(ctx, keys=("ids", "latent", "status")))
-    summary = write_summary(ctx, done_chunks, wall, session_images)
+    stitched = None
+    if isinstance(ctx.source, tiling.TiledSource):  # config.tile: N x N tiles -> stitched/
+        stitched = tiling.stitch(
+            ctx.workdir,
+            ctx.source,
+            ctx.pre,
+            ctx.lpips,
+            ctx.config.lpips_net,
+            grid_pairs=int(ctx.config.output.grid_pairs),
+        )
+    summary = write_summary(ctx, done_chunks, wall, session_images, stitched)
     logging.info("%s", reporting.done_line(summary, ctx.workdir))
     return summary
 

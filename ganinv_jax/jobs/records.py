@@ -67,7 +67,7 @@ def load_chunk(path: str, keys=None) -> dict:
         return {k: z[k] for k in z.files if keys is None or k in keys}
 
 
-def _fmt(x: float) -> str:
+def fmt(x: float) -> str:
     x = float(x)
     return "nan" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.6g}")
 
@@ -84,7 +84,7 @@ def metric_rows(chunk: dict, paths: Sequence[str], method: str) -> list[list[str
         # a chunk written before a metric existed (a resumed older run) reports it as nan
         rows.append(
             [str(i), paths[i], method]
-            + [_fmt(chunk[k][j]) if k in chunk else "nan" for k in METRIC_KEYS]
+            + [fmt(chunk[k][j]) if k in chunk else "nan" for k in METRIC_KEYS]
             + [
                 str(int(chunk["iterations"][j])),
                 f"{float(chunk['seconds'][j]):.3f}",

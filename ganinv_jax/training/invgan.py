@@ -27,7 +27,15 @@ Ablations (`config.variant`, paper Sec. 4.4):
   'full'       + feature matching (gradient into D_w) + MMD.
 
 Randomness: z of step s is drawn from fold_in(seed, s); batches are `batch_indices(seed, s)`;
-so a resumed run equals the uninterrupted one, for any device count.
+with patch training the crop offsets are `patch_offsets(seed, s, ...)`; so a resumed run equals
+the uninterrupted one, for any device count.
+
+Tiling (paper Sec. 4.3): the paper trains on random 32x32 patches of ImageNet images and inverts
+an (mn)x(mn) image as n^2 independent latents of the m x m model (`tiled_invert`; the invert job:
+`ganinv_jax.jobs.tiling`). `config.data.patch = k` (k >= 2; 0 = off) trains that way: real
+images are loaded at k*m px and each example of each step is a uniformly random m x m crop of
+its image (any offset, not only the tile grid), so the model sees the statistics of tiles of
+k*m images; evaluation then adds the tiled reconstruction MAE of k*m test images.
 
 Run (task `train_invgan` of the one entry point, multi-host flags included):
     python -m ganinv_jax.main --config=configs/invgan_fashion_mnist.py --workdir=/work/runs/fm
@@ -35,6 +43,7 @@ Run (task `train_invgan` of the one entry point, multi-host flags included):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -54,6 +63,7 @@ from ganinv_jax import atomic, checkpointing
 from ganinv_jax import data as data_lib
 from ganinv_jax import sharding as shd
 from ganinv_jax.data import images as image_io
+from ganinv_jax.data.images import from_tiles, to_tiles  # noqa: F401 -- this module's API too
 from ganinv_jax.errors import UserError
 from ganinv_jax.losses import common as losses_common
 from ganinv_jax.losses import gan as losses_gan
@@ -386,24 +396,6 @@ def reconstruct(nets: Nets, g_vars, d_params, images, batch_size: int = 256):
     return np.concatenate(ws), np.concatenate(recs)
 
 
-def to_tiles(image, m: int):
-    """[H, W, C] with H = W = m * n -> [n * n, m, m, C], row-major tiles."""
-    H, W, C = image.shape
-    if H != W or H % m:
-        raise ValueError(
-            f"tiled inversion needs a square image with side a multiple of {m}, got {H}x{W}"
-        )
-    n = H // m
-    return image.reshape(n, m, n, m, C).transpose(0, 2, 1, 3, 4).reshape(n * n, m, m, C)
-
-
-def from_tiles(tiles):
-    """Inverse of `to_tiles`: [n * n, m, m, C] -> [n * m, n * m, C]."""
-    nn_, m, _, C = tiles.shape
-    n = int(round(math.sqrt(nn_)))
-    return tiles.reshape(n, n, m, m, C).transpose(0, 2, 1, 3, 4).reshape(n * m, n * m, C)
-
-
 def tiled_invert(nets: Nets, g_vars, d_params, image):
     """Invert an (mn)^2 image as n^2 independent latents of the m^2 model (paper Sec. 3.3).
 
@@ -435,31 +427,107 @@ def time_per_latent(nets, d_params, images, batch_size=256, repeats=3):
 # ----------------------------------------------------------------------------- data
 
 
-def load_train_source(config) -> data_lib.ArraySource:
-    d = config.data
-    if d.name == "fashion_mnist":
-        imgs = data_lib.load_fashion_mnist(
-            "train", d.get("dir", data_lib.DEFAULT_DIR), d.resolution, d.channels
+MAX_PATCH = 64  # data.patch above this is a typo, not a plan (64 x 32 px = 2048 px images)
+_PATCH_STREAM = 0x7A7C4  # keeps the crop offsets' random stream apart from batch_indices'
+
+
+def patch_factor(config) -> int:
+    """config.data.patch as k: 0 (or 1) = whole images; k >= 2 = random m x m crops of
+    k*m-px images. Configs without the key (e.g. the encoder's) mean 0."""
+    k = int(config.data.get("patch", 0) or 0)
+    if not 0 <= k <= MAX_PATCH:
+        raise UserError(
+            f"config.data.patch={k}: want 0 (off) or a factor 2..{MAX_PATCH} (train on random "
+            f"data.resolution-px crops of images loaded at patch x data.resolution px)"
         )
+    return k if k >= 2 else 0
+
+
+def patch_offsets(seed: int, step: int, batch_size: int, full: int, size: int) -> np.ndarray:
+    """(top, left) [batch_size, 2] of the crops of global batch `step`: uniform in
+    [0, full - size], a pure function of (seed, step, position in the global batch), so every
+    process count and a resumed run cut the same patches."""
+    rng = np.random.default_rng([int(seed), int(step), _PATCH_STREAM])
+    return rng.integers(0, full - size + 1, size=(batch_size, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchSource:
+    """A `data.ArraySource` of k*m-px uint8 images whose batches are random m x m crops
+    (`size` = m): the same rows as the base's batches, each cut at `patch_offsets`."""
+
+    base: data_lib.ArraySource
+    size: int
+
+    def __len__(self):
+        return len(self.base)
+
+    def local_batch(
+        self, seed: int, step: int, global_batch_size: int, process_index=0, process_count=1
+    ) -> np.ndarray:
+        big = self.base.local_batch(seed, step, global_batch_size, process_index, process_count)
+        offsets = patch_offsets(seed, step, global_batch_size, big.shape[1], self.size)
+        mine = offsets[data_lib.local_batch_slice(global_batch_size, process_index, process_count)]
+        return image_io.crop_patches(big, mine, self.size)
+
+
+def resize_uint8(images: np.ndarray, resolution: int) -> np.ndarray:
+    """uint8 [N, h, h, C] -> [N, resolution, resolution, C] through the one image I/O layer."""
+    pre = image_io.Preprocess(resolution, images.shape[-1])
+    return np.stack([image_io.to_uint8(image_io.prepare_array(x, pre)) for x in images])
+
+
+def _fmnist(config, split: str, resolution: int, limit: Optional[int], grow: bool) -> np.ndarray:
+    """The first `limit` images of a Fashion-MNIST split, uint8 at `resolution`. `grow` (patch
+    training's k*m-px images): above 32 px the padded 32-px image is resized (LANCZOS), so a
+    larger image is a larger garment rather than a wider black border; otherwise as always
+    (padded, box-averaged below 32 px)."""
+    d = config.data
+    grow = grow and resolution > 32
+    imgs = data_lib.load_fashion_mnist(
+        split, d.get("dir", data_lib.DEFAULT_DIR), 32 if grow else resolution, d.channels
+    )
+    imgs = imgs[:limit] if limit else imgs
+    return resize_uint8(imgs, resolution) if grow else imgs
+
+
+def load_train_source(config):
+    """The training images as a `data.ArraySource` at data.resolution (= G's m); with
+    `data.patch = k` a `PatchSource` of random m x m crops of images loaded at k*m px."""
+    d = config.data
+    k = patch_factor(config)
+    res = d.resolution * max(k, 1)
+    if d.name == "fashion_mnist":
+        imgs = _fmnist(config, "train", res, d.get("limit") or None, grow=bool(k))
     elif d.name == "image_folder":
-        imgs, _, bad = data_lib.load_image_folder(d.folder, d.resolution, d.channels)
+        imgs, _, bad = data_lib.load_image_folder(d.folder, res, d.channels)
         if bad:
             logging.warning("%d unreadable images skipped, e.g. %s", len(bad), bad[0])
+        if d.get("limit"):
+            imgs = imgs[: d.limit]
     else:
         raise UserError(f"unknown dataset {d.name!r} (fashion_mnist | image_folder)")
-    if d.get("limit"):
-        imgs = imgs[: d.limit]
-    return data_lib.ArraySource(imgs)
+    source = data_lib.ArraySource(imgs)
+    return PatchSource(source, d.resolution) if k else source
 
 
-def load_test_images(config, limit: Optional[int] = None) -> np.ndarray:
+def load_test_images(
+    config, limit: Optional[int] = None, resolution: Optional[int] = None
+) -> np.ndarray:
+    """The first `limit` Fashion-MNIST TEST images in [-1, 1] at data.resolution, or at
+    `resolution` = k*m, prepared like patch training's k*m-px train images."""
     d = config.data
     if d.name != "fashion_mnist":
         raise UserError("held-out test split is defined for fashion_mnist only")
-    imgs = data_lib.load_fashion_mnist(
-        "test", d.get("dir", data_lib.DEFAULT_DIR), d.resolution, d.channels
-    )
-    return data_lib.from_uint8(imgs[:limit] if limit else imgs)
+    res = resolution or d.resolution
+    return data_lib.from_uint8(_fmnist(config, "test", res, limit, grow=resolution is not None))
+
+
+def tiled_test_mae(nets, g_vars, d_params, images, batch_size=256) -> float:
+    """MAE of tiled reconstructions of (k*m)-px images: every m x m tile inverted on its own
+    and put back (`tiled_invert`); equal to the mean MAE over all tiles."""
+    tiles = np.concatenate([to_tiles(np.asarray(x), nets.resolution) for x in images])
+    return test_reconstruction_mae(nets, g_vars, d_params, tiles, batch_size)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -515,10 +583,11 @@ def train_and_evaluate(
     if config.get("sample_every"):
         hooks.append(_sample_hook(config, nets, workdir, writer))
     logging.info(
-        "InvGAN %s/%s: %d train images, batch %d on %d devices (%d processes), steps %d -> %d",
+        "InvGAN %s/%s: %d train images%s, batch %d on %d devices (%d processes), steps %d -> %d",
         config.backbone,
         config.variant,
         len(source),
+        f" (random {config.data.resolution}px patches)" if isinstance(source, PatchSource) else "",
         config.batch_size,
         mesh.size,
         nproc,
@@ -581,7 +650,8 @@ def _sample_hook(config, nets, workdir, writer):
 
 
 def evaluate(config, nets, state, workdir, writer=None, num_test: Optional[int] = None):
-    """Test-split reconstruction MAE (G_ema and G), time per latent -> eval.json."""
+    """Test-split reconstruction MAE (G_ema and G), time per latent -> eval.json; with
+    data.patch = k also the tiled MAE of k*m-px test images (`test_mae_tiled_g_ema`)."""
     test = load_test_images(config, num_test or config.get("num_eval", None))
     d_params = jax.device_get(state.d)
     res = {"step": int(jax.device_get(state.step)), "num_test": int(test.shape[0])}
@@ -590,6 +660,15 @@ def evaluate(config, nets, state, workdir, writer=None, num_test: Optional[int] 
     )
     res["test_mae_g"] = test_reconstruction_mae(nets, jax.device_get(state.g), d_params, test)
     res["sec_per_latent"] = time_per_latent(nets, d_params, test)
+    patch = patch_factor(config)
+    if patch:  # a patch-trained model is meant for tiles: also the MAE of tiled k*m inversions
+        big = load_test_images(
+            config, num_test or config.get("num_eval", None), resolution=patch * nets.resolution
+        )
+        res["patch"] = patch
+        res["test_mae_tiled_g_ema"] = tiled_test_mae(
+            nets, jax.device_get(ema_vars(state)), d_params, big
+        )
     logging.info("eval: %s", res)
     if writer is not None:
         writer.write_scalars(res["step"], {k: v for k, v in res.items() if k.startswith("test")})
