@@ -96,16 +96,6 @@ def _tx(cfg):
     return optax.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2)
 
 
-def _image_loss_config(frozen: base.Frozen, cfg) -> seed000.ImageLossConfig:
-    return seed000.ImageLossConfig(
-        w_mse=cfg.w_mse,
-        w_cos=cfg.w_cos,
-        w_lpips=cfg.w_lpips,
-        w_ssim=cfg.w_ssim,
-        lpips_net=frozen.lpips_net,
-    )
-
-
 def ft_init(key, image, frozen: base.Frozen, init_latent, cfg):
     del init_latent
     _check(frozen)
@@ -122,7 +112,9 @@ def ft_step(state, frozen: base.Frozen, cfg):
         y_rec = base.synthesize(frozen, ws)
         ws_c, zc_c = encode_ws(frozen, params, y_rec)
         flat = lambda a: a.reshape(a.shape[0], -1)  # noqa: E731
-        img = seed000.image_loss(y, y_rec, frozen.lpips, _image_loss_config(frozen, cfg))
+        img = seed000.image_loss(
+            y, y_rec, frozen.lpips, seed000.image_loss_config_from(cfg, frozen.lpips_net)
+        )
         cycle = seed000.latent_loss(flat(ws), flat(ws_c))
         if zc is not None:
             cycle = cycle + seed000.latent_loss(flat(zc), flat(zc_c))

@@ -48,6 +48,21 @@ class ImageLossConfig:
     lpips_dtype: Any = jnp.float32
 
 
+def image_loss_config_from(c, lpips_net: str = "vgg") -> ImageLossConfig:
+    """An `ImageLossConfig` from a config node with w_mse, w_cos, w_lpips, w_ssim (and optionally
+    cos_mode, max_size): the encoder trainer's `config.loss` and `encoder_ft`'s method config."""
+    d = ImageLossConfig()
+    return ImageLossConfig(
+        w_mse=c.w_mse,
+        w_cos=c.w_cos,
+        w_lpips=c.w_lpips,
+        w_ssim=c.w_ssim,
+        cos_mode=c.get("cos_mode", d.cos_mode),
+        max_size=c.get("max_size", d.max_size),
+        lpips_net=lpips_net,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
     """Cropped attentions. mode: 'aligned' (fixed AT1/AT2 boxes), 'gradcam' or 'none'."""

@@ -81,15 +81,7 @@ def objective(config) -> str:
 
 
 def image_loss_config(config) -> seed000.ImageLossConfig:
-    lc = config.loss
-    return seed000.ImageLossConfig(
-        w_mse=lc.w_mse,
-        w_cos=lc.w_cos,
-        w_lpips=lc.w_lpips,
-        w_ssim=lc.w_ssim,
-        cos_mode=lc.cos_mode,
-        max_size=lc.max_size,
-    )
+    return seed000.image_loss_config_from(config.loss)
 
 
 def attention_config(config) -> seed000.AttentionConfig:
