@@ -1,10 +1,12 @@
 """Encoders (paper 000's adaptive encoder, paper 003's CRG) and their trainer, on a tiny random
-StyleGAN2 (16x16, channels 16/16/8, z_dim 12 != w_dim 16, so z and w heads are told apart).
+StyleGAN2 (16x16, channels 16/16/8, z_dim 12 != w_dim 16, so z and w heads are told apart); paper
+000's PGGAN and BigGAN variants (`other_gan` tests) on tiny random 16x16 PGGAN and BigGAN.
 
 Compile count is the cost: the sharded/resume tests share the `:tiny` config's step (one
 compilation per mesh, `encoder.jit_train_step`'s cache)."""
 
 import dataclasses
+import inspect
 import json
 
 import jax
@@ -16,6 +18,9 @@ from jax.sharding import PartitionSpec as P
 from configs.encoder import get_config
 from ganinv_jax import checkpointing, encoders, pretrained
 from ganinv_jax import sharding as shd
+from ganinv_jax.encoders import other_gans as other_gans_lib
+from ganinv_jax.inversion import arch as arch_lib
+from ganinv_jax.models import biggan, pggan
 from ganinv_jax.models import stylegan2 as sg2
 from ganinv_jax.training import encoder as tr
 from ganinv_jax.training import state as state_lib
@@ -261,3 +266,152 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_and_exports(gan, tmp_p
     (tmp_path / "a" / "encoder" / "config.json").write_text('{"architecture": "stylegan2"}')
     with pytest.raises(pretrained.BadDirError, match="corrupt encoder config.*not 'encoder'"):
         encoders.read_dir(str(tmp_path / "a" / "encoder"))
+
+
+# ----------------------------------------------------------------------------- PGGAN / BigGAN
+
+PG_G = pggan.PGGANConfig(channels=(8, 8, 4), z_dim=12)  # 16x16, widths 4 -> 8 -> 8
+BG_G = biggan.BigGANConfig(  # 16x16 RGB, widths 4 -> 8 -> 64
+    output_dim=16,
+    z_dim=8,
+    class_embed_dim=8,
+    channel_width=4,
+    num_classes=5,
+    layers=((True, 16, 8), (False, 8, 4), (False, 4, 2), (True, 2, 1)),
+    attention_layer_position=-1,
+    n_stats=3,
+)
+
+
+@pytest.fixture(scope="module")
+def other_gans():
+    """{name: (G config, G variables, encoder config, encoder params)} for PGGAN and BigGAN."""
+    g_vars = {
+        "pggan": jax.jit(lambda k: pggan.init_variables(PG_G, "G_ema", k))(jax.random.key(0)),
+        "biggan": jax.jit(lambda k: biggan.init_variables(BG_G, k))(jax.random.key(0)),
+    }
+    out = {}
+    for name, g_cfg in (("pggan", PG_G), ("biggan", BG_G)):
+        cfg = encoders.config_for_generator("adaptive", g_cfg)
+        params = jax.jit(encoders.init_params, static_argnums=0)(cfg, jax.random.key(1))
+        out[name] = (g_cfg, g_vars[name], cfg, params)
+    return out
+
+
+def test_other_gan_configs_follow_the_generator():
+    pg = encoders.config_for_generator("adaptive", PG_G)
+    assert (pg.generator, pg.target, pg.channels, pg.in_channels) == ("pggan", "z", (4, 8, 8), 2)
+    assert pg.latent_shape == arch_lib.arch_for(PG_G).latent_shape == (12,)
+    assert (pg.num_ws, pg.w_dim, pg.num_classes) == (0, 0, 0)  # no W
+    bg = encoders.config_for_generator("adaptive", BG_G)
+    assert (bg.generator, bg.target, bg.channels, bg.num_classes) == (
+        "biggan",
+        "z_class",
+        (4, 8, 64),
+        5,
+    )
+    assert bg.latent_shape == arch_lib.arch_for(BG_G).latent_shape == (8 + 5,)
+    # BigGAN-deep-128: G is 128 wide at 128x128, 2048 at 4x4 (capped at 512); width=2 gives
+    # paper Table 10's 128px column (CONV(128, 128), CONV(128, 256), ...)
+    deep = encoders.config_for_generator("adaptive", biggan.BigGANConfig())
+    assert (deep.in_channels, deep.channels) == (64, (128, 256, 512, 512, 512, 512))
+    table10 = encoders.config_for_generator("adaptive", biggan.BigGANConfig(), width=2)
+    assert (table10.in_channels, table10.channels[:2]) == (128, (256, 512))
+    assert deep.latent_shape == (128 + 1000,)
+    # the zoo's PGGAN widths, read from full resolution down
+    zoo = pggan.PGGANConfig(channels=(512, 512, 512, 512, 256, 128, 64, 32, 16))
+    widths = encoders.config_for_generator("adaptive", zoo).channels
+    assert widths == (16, 32, 64, 128, 256) + (512,) * 4
+    for bad, match in (
+        (lambda: encoders.config_for_generator("crg", PG_G), "crg encoders are for StyleGAN2"),
+        (lambda: dataclasses.replace(bg, num_classes=0), "num_classes >= 1"),
+        (lambda: dataclasses.replace(pg, target="wplus"), "expected one of"),
+        (lambda: dataclasses.replace(pg, num_classes=3), "num_classes is BigGAN's"),
+        (lambda: encoders.config_for_generator("adaptive", object()), "no encoder for a"),
+        (  # a toy BigGAN 2 channels wide renders 2-channel images
+            lambda: encoders.config_for_generator(
+                "adaptive", dataclasses.replace(BG_G, channel_width=2)
+            ),
+            "img_channels must be 1 or 3, got 2",
+        ),
+    ):
+        with pytest.raises(ValueError, match=match):
+            bad()
+    # config.json: round trips; StyleGAN2 configs are written as before the new fields, and
+    # such old entries still load
+    for e in (pg, bg, deep):
+        assert encoders.EncoderConfig.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+    sg = encoders.config_for_generator("adaptive", TINY_G)
+    assert "generator" not in sg.to_dict() and "num_classes" not in sg.to_dict()
+    old = {k: v for k, v in dataclasses.asdict(sg).items() if k not in ("generator", "num_classes")}
+    assert encoders.EncoderConfig.from_dict(old) == sg
+
+
+def test_other_gan_encoders_render_through_their_generator(other_gans):
+    x = jax.random.uniform(jax.random.key(2), (2, 16, 16, 3), minval=-1, maxval=1)
+    for name, (g_cfg, g_vars, cfg, params) in other_gans.items():
+        arch = arch_lib.arch_for(g_cfg)
+
+        @jax.jit
+        def g_of_e(p, g, x):
+            latents, zc = encoders.encode_with_features(cfg, p, x)
+            return latents, zc, arch.render(g, latents)
+
+        latents, zc, recon = g_of_e(params, g_vars, x)
+        assert latents.shape == (2,) + cfg.latent_shape == (2,) + arch.latent_shape, name
+        assert zc.shape == (2, 4, 4, cfg.channels[-1]) and recon.shape == x.shape, name
+        assert np.all(np.isfinite(np.asarray(recon))), name
+        if name == "biggan":  # the class part is a probability vector, as BigGANArch's
+            _, cls = arch.split(latents)
+            assert np.all(np.asarray(cls) >= 0)
+            np.testing.assert_allclose(np.sum(np.asarray(cls), axis=-1), 1.0, rtol=1e-5)
+        with pytest.raises(ValueError, match="not StyleGAN2 ws"):
+            encoders.to_ws(cfg, latents)
+    # latent_mean: BigGAN's heads start at the mean z and the logits of the mean class vector
+    _, _, bg, _ = other_gans["biggan"]
+    mean = jnp.concatenate([jnp.arange(8.0), jax.nn.one_hot(3, 5)])
+    p = encoders.init_params(bg, jax.random.key(0), mean)
+    np.testing.assert_array_equal(p["z"]["bias"], np.arange(8.0))
+    assert int(np.argmax(p["logits"]["bias"])) == 3
+    with pytest.raises(ValueError, match="latent_mean must be"):
+        encoders.init_params(bg, jax.random.key(0), jnp.zeros(8))
+
+
+def test_other_gan_write_read_dir_round_trip_and_check_fits(other_gans, tmp_path):
+    for name, (g_cfg, _, cfg, params) in other_gans.items():
+        d = encoders.write_dir(
+            str(tmp_path / name), cfg, params, generator={"config": g_cfg.to_dict()}
+        )
+        cfg2, params2, doc = encoders.read_dir(d)
+        assert cfg2 == cfg and doc["encoder"]["generator"] == name
+        assert _max_abs_diff(params, params2) == 0.0
+        encoders.check_fits(cfg2, g_cfg, d)  # its own generator fits
+    pg_cfg, bg_cfg = other_gans["pggan"][2], other_gans["biggan"][2]
+    refusals = (
+        (pg_cfg, TINY_G, "pggan"),  # a PGGAN encoder for a StyleGAN2 of the same size
+        (encoders.config_for_generator("adaptive", TINY_G), PG_G, "stylegan2"),
+        (bg_cfg, dataclasses.replace(BG_G, num_classes=6), "class [5]"),
+        (pg_cfg, dataclasses.replace(PG_G, z_dim=13), "z [12]"),
+    )
+    for cfg, g_cfg, what in refusals:
+        with pytest.raises(encoders.EncoderMismatchError, match="encoder is for a G with") as e:
+            encoders.check_fits(cfg, g_cfg, "E")
+        assert what in str(e.value) and "\n" not in str(e.value)
+
+
+def test_other_gan_biggan_encoder_takes_images_only(other_gans):
+    _, _, cfg, params = other_gans["biggan"]
+    module = encoders.build(cfg)
+    assert isinstance(module, other_gans_lib.BigGANEncoder)
+    sig = inspect.signature(other_gans_lib.BigGANEncoder.__call__)
+    assert list(sig.parameters) == ["self", "img", "train"]
+    x = jnp.zeros((1, 16, 16, 3))
+    with pytest.raises(TypeError):
+        module.apply({"params": params}, x, class_vector=jax.nn.one_hot(jnp.array([1]), 5))
+    # the CBNs are live: they are conditioned on E's own first-pass c' (not on a given label)
+    x = jax.random.uniform(jax.random.key(3), (1, 16, 16, 3), minval=-1, maxval=1)
+    base_out = module.apply({"params": params}, x)[0]
+    bumped = jax.tree_util.tree_map_with_path(
+        lambda path, w: w + 0.5 if "norm" in jax.tree_util.keystr(path) else w, params
+    )
+    assert _max_abs_diff(base_out, module.apply({"params": bumped}, x)[0]) > 1e-4
