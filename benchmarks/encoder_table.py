@@ -104,6 +104,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--ft-from", default="", help="NAME of the encoder encoder_ft tunes ('': none)")
     ap.add_argument("--ft-steps", type=int, default=200)
     ap.add_argument("--lo-steps", type=int, default=200)
+    ap.add_argument(
+        "--lo-from", default="", help="encoders latent_opt starts from, comma-separated ('': all)"
+    )
     ap.add_argument("--steps-per-call", type=int, default=10)
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--ood", type=int, default=8)
@@ -161,7 +164,8 @@ def main(argv=None) -> dict:
             )
             print(set_name, rows[-1]["row"], f"{rows[-1]['psnr']:.2f} dB", flush=True)
         lo_runs = {}
-        for name in ["mean_w", *starts]:
+        lo_from = [n for n in starts if not a.lo_from or n in a.lo_from.split(",")]
+        for name in ["mean_w", *lo_from]:
             lo_runs[name] = timed_invert(
                 lo, frozen_lo, x, starts.get(name), lo_cfg, a.steps_per_call
             )

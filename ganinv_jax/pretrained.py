@@ -555,15 +555,16 @@ DEFAULT_ENCODER_DIR = os.path.join(os.path.dirname(DEFAULT_DIR), "default_encode
 
 def load_encoder(path: str = "default"):
     """A trained encoder DIR (`python -m ganinv_jax.main --config=configs/encoder.py`), or
-    'default' (the paper-000 encoder of the embedded default model, once one is shipped) ->
+    'default' (the paper-000 encoder shipped for the embedded default model, `assets/`) ->
     `encoders.TrainedEncoder` with `encode(images) -> latents`. Problems: one-line UserErrors."""
     from ganinv_jax import encoders
 
     if path == "default":
         if not os.path.isdir(DEFAULT_ENCODER_DIR):
             raise MissingDirError(
-                f"no default encoder is shipped yet ({DEFAULT_ENCODER_DIR} does not exist); "
-                "train one: python -m ganinv_jax.main --config=configs/encoder.py --workdir=W"
+                f"the default encoder is missing ({DEFAULT_ENCODER_DIR} does not exist: a "
+                "broken install?); reinstall, or train one: "
+                "python -m ganinv_jax.main --config=configs/encoder.py --workdir=W"
             )
         path = DEFAULT_ENCODER_DIR
     return encoders.TrainedEncoder.load(path)
