@@ -209,3 +209,13 @@ def test_an_encoder_for_another_generator_is_refused(tmp_path, gan):
     config = support.job_config("default", data__limit=N, init="encoder", encoder=d)
     with pytest.raises(invert.JobError, match="encoder is for a G with"):
         invert.prepare(config, str(tmp_path / "w"), devices=jax.devices()[:1])
+
+
+def test_encoder_auto_is_the_shipped_default_for_the_default_model(gan):
+    """`auto` picks the shipped paper-000 encoder for the default model; `invgan` stays
+    reachable."""
+    auto = invert.resolve_encoder(support.job_config("default"), gan)
+    assert (auto.kind, auto.spec) == ("trained", "default")
+    assert auto.trained.path == pretrained.DEFAULT_ENCODER_DIR
+    head = invert.resolve_encoder(support.job_config("default", encoder="invgan"), gan)
+    assert head.kind == "invgan" and head.encode_fn(gan) == gan.encode

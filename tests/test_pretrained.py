@@ -376,3 +376,33 @@ def test_missing_and_corrupt_dirs(gan_dir, tmp_path):
                 open(os.path.join(root, f), "wb").close()  # truncate every data file
     with pytest.raises(ValueError, match="cannot restore"):
         pretrained.load(str(broken))
+
+
+# ----------------------------------------------------------------------------- default encoder
+# The paper-000 encoder of the default model ships in git under ganinv_jax/assets/default_encoder
+# (`--config.encoder=default`, and what `auto` picks for the default model).
+
+
+def test_default_encoder_ships_fits_and_beats_the_invgan_head(default_gan):
+    assert os.path.isfile(os.path.join(pretrained.DEFAULT_ENCODER_DIR, "config.json")), (
+        f"the default encoder is missing from {pretrained.DEFAULT_ENCODER_DIR} (it ships in git)"
+    )
+    enc = pretrained.load_encoder("default")
+    enc.check_generator(default_gan.config)
+    assert enc.config.kind == "adaptive" and enc.doc["source"]["objective"] == "finetune"
+    with np.load(BUNDLED_16) as z:
+        x = np.repeat(z["images"].astype(np.float32) / 127.5 - 1.0, 3, axis=-1)
+
+    def mse(ws):
+        rec = np.clip(np.asarray(default_gan.synthesis(jnp.asarray(ws))), -1, 1)
+        return np.mean(np.square(rec - x).reshape(len(x), -1), axis=1)
+
+    ws = np.asarray(enc.encode_ws(jnp.asarray(x), default_gan))
+    assert ws.shape == (16, default_gan.config.num_ws, default_gan.config.w_dim)
+    head = mse(default_gan.encode(jnp.asarray(x)))
+    mine = mse(ws)
+    print(
+        f"\n16 bundled test images, MSE: paper-000 encoder {mine.mean():.4f}, "
+        f"InvGAN head {head.mean():.4f}"
+    )
+    assert mine.mean() < head.mean()
