@@ -72,9 +72,10 @@ def bench_training(gan, objective: str, steps: int) -> dict:
     config.val.every = 0  # validation is a separate cost (every val.every steps)
     enc, mesh, init_fn = enc_train.setup(config, gan)
     get_rows, _, _ = enc_train.make_data(config, gan)
-    state = init_fn(jax.random.key(0))
-    shardings = jax.tree_util.tree_map(lambda _: shd.replicated(mesh), state)
-    state = jax.device_put(state, shardings)
+    abstract = jax.eval_shape(init_fn, jax.random.key(0))
+    shardings = jax.tree_util.tree_map(lambda _: shd.replicated(mesh), abstract)
+    # jitted init: distinct buffers for every leaf (the step donates the state)
+    state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0))
     aux = {
         "g": gan.G,
         "lpips": lpips_lib.load_lpips_params("vgg") if enc_train.needs_lpips(config) else None,
