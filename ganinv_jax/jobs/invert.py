@@ -265,10 +265,6 @@ class Context:
     init_cfg: Any = None  # latent_opt's config of the pivot projection (init='latent_opt')
 
     @property
-    def has_encoder(self) -> bool:
-        return self.encoder.kind != "none"
-
-    @property
     def chunk_size(self) -> int:
         return self.slots * self.nproc
 
