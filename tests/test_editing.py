@@ -435,18 +435,35 @@ def test_edit_task_bad_input_one_line_before_any_output(tmp_path, gen_dir, inv_l
 @pytest.mark.parametrize(
     "method,kw",
     [
-        # GMM: φ is saved; the edit job rebuilds θ' from φ and the target image's gradient
-        ("gmm", dict(gmm__perceptual="pooled_l2", gmm__reg_weight=0.0, gmm__lr=0.05)),
+        # GMM, the paper's one-shot form: φ is saved; the edit job rebuilds θ' from φ and the
+        # target image's gradient
+        (
+            "gmm",
+            dict(
+                gmm__perceptual="pooled_l2",
+                gmm__reg_weight=0.0,
+                gmm__lr=0.05,
+                gmm__update_mode="once",
+                gmm__grad_norm="none",
+                gmm__out_scale=1.0,
+            ),
+        ),
+        # GMM as the job runs it (update_mode 'iterative'): the synthesis delta is saved
+        ("gmm", dict(gmm__perceptual="pooled_l2", gmm__reg_weight=0.0, gmm__out_scale=0.05)),
         ("clone", dict(clone__lr=0.05, reals__num=0)),
     ],
+    ids=["gmm_once", "gmm_iterative", "clone"],
 )
 def test_edit_task_gmm_and_clone_use_the_tuned_generator(tmp_path, gen_dir, gan, data, method, kw):
-    """About 30 s (GMM) and 60 s (Clone) of CPU: the tuned generator of each method reproduces
-    the invert job's reconstruction; GMM with recompute_g falls back to the base G (documented)."""
+    """About 30 s (each GMM) and 60 s (Clone) of CPU: the tuned generator of each method
+    reproduces the invert job's reconstruction; one-shot GMM with recompute_g falls back to the
+    base G (documented)."""
     inv = invert_workdir(tmp_path, gen_dir, data, method=method, init_steps=2, **kw)
     wd = str(tmp_path / "edit")
     report = edit_task.run(edit_config(gen_dir, inv), wd)
-    assert report["generator_mode"] == method and not report["note"]
+    once = kw.get("gmm__update_mode") == "once"
+    mode = "gmm_delta" if method == "gmm" and not once else method
+    assert report["generator_mode"] == mode and not report["note"]
     edits, grids = check_edit_outputs(wd, inv, gan, [-3, 0, 3])
     assert list(edits["generator"]) == ["tuned", "tuned"]
     src = np.load(os.path.join(inv, "latents.npz"))
@@ -456,7 +473,7 @@ def test_edit_task_gmm_and_clone_use_the_tuned_generator(tmp_path, gen_dir, gan,
         assert np.abs(cell(g, 0, 0) - want).max() <= 1
         base = np.clip(np.rint((base_imgs[k, ..., 0] + 1) * 127.5), 0, 255)
         assert np.abs(base - want).mean() > 3
-    if method != "gmm":
+    if not once:
         return
     manifest = os.path.join(inv, "manifest.json")
     doc = json.load(open(manifest))

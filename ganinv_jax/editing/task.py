@@ -34,6 +34,7 @@ Which generator synthesizes the edits: the one each image was inverted with.
     listing must still match the manifest's fingerprint) and the method's saved config. With
     `gmm.recompute_g=True` g depends on the whole optimization history, which is not saved:
     those edits use the BASE generator (a warning says so; `generator` in edits.npz is 'base').
+    With `gmm.update_mode='iterative'` the saved tree is the synthesis delta, applied as PTI's.
   * a registered method of one's own with tuned parameters: the base G (warning).
 Strengths (`edit.strengths`): SeFa / InterFaceGAN: distance in W along the unit direction;
 GANSpace: standard deviations of that component. `edit.layers` 'start:stop' replaces every
@@ -256,6 +257,9 @@ class Generators:
         for k, v in (self.inv.run.get("method_config") or {}).items():
             if k in cfg:
                 cfg[k] = tuple(v) if isinstance(v, list) else v
+        if cfg.update_mode == "iterative":  # its `tuned` is the synthesis delta, as PTI's
+            self.mode = "gmm_delta"
+            return
         if cfg.recompute_g:
             self.note = (
                 "gmm.recompute_g=True: its tuned weights depend on the whole optimization "
@@ -358,7 +362,7 @@ class Generators:
         mine = jax.tree_util.tree_map(lambda x: np.asarray(x)[int(j[0])], tree["tuned"])
         params = self.base["params"]
         try:
-            if self.mode == "pti":
+            if self.mode in ("pti", "gmm_delta"):
                 params = {**params, "synthesis": self._add(params["synthesis"], mine)}
             elif self.mode == "clone":
                 params = self._add(params, mine)

@@ -23,6 +23,16 @@ reconstruction of its text (PAPERS.md §3). Per image:
     * LPIPS between G(w_r; θ') and G(w_r; θ0) (the localization regularizer), and ID is
     `Frozen.id_loss(x, y)` (any feature loss, e.g. 1 - cos of face-recognition features; the paper's
     ArcFace/MoCo and face-parsing terms need converted networks and are off by default).
+The paper reads two ways, and both are switches (`update_mode`).
+  * 'once' (default), its abstract: "a modified generator is obtained by a single application
+    of these networks to the original parameters": θ' = θ0 + M_φ(g0).
+  * 'iterative', its conclusion: "these shifts are used within an iterative optimization
+    process [...] the learning of the mapping networks and the optimization of the generator
+    occur concurrently". Every step applies M_φ to the gradient at the CURRENT weights and keeps
+    the result, θ_{t+1} = θ_t + sign * out_scale * M_φ(g_t), g_t = ∂L_rec/∂θ_t, while φ learns
+    online from the loss at θ_{t+1}: a learned optimizer trained on this one image (one extra G
+    forward/backward per step for g_{t+1}; θ_t per image in the state, like PTI). Its `tuned`
+    is θ - θ0, as PTI's.
 Ours: the paper's lr was lost — we use Ranger's default 1e-3; the loss weights of its Table 1 were
 lost — defaults 1/1/0 (L2/LPIPS/ID) and reg_weight 1 with PTI's inner weights; biases, affine
 layers, noise strengths and the const input are not modulated (only conv weights, like
@@ -59,6 +69,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.grad_norm = "none"  # 'none' (paper) | 'rms': M sees g / rms(g) per layer |
     # 'rms_weight': and its output is scaled to rms(θ0) (see modify)
     c.recompute_g = False
+    c.update_mode = "once"  # 'once' (abstract: θ' = θ0 + M_φ(g0), one application to θ0) |
+    # 'iterative' (conclusion: θ_{t+1} = θ_t + M_φ(g_t), g_t at θ_t; see the module docstring)
     c.l2_weight = 1.0
     c.lpips_weight = 1.0
     c.perceptual = "lpips"  # 'lpips' | 'pooled_l2' | 'none'
@@ -141,6 +153,7 @@ def apply_module(blocks, h):
 
 
 GRAD_NORMS = ("none", "rms", "rms_weight")
+UPDATES = ("once", "iterative")
 
 
 def modify(blocks, grad, grad_norm: str = "none", weight=None):
@@ -167,7 +180,8 @@ def modify(blocks, grad, grad_norm: str = "none", weight=None):
 
 
 def tuned_params(phi, theta0, grads, cfg):
-    """θ' = θ0 + sign * out_scale * M_φ(g) on every conv weight (others stay θ0)."""
+    """θ' = θ0 + sign * out_scale * M_φ(g) on every conv weight (others stay θ0); `theta0` is
+    the weights the correction is applied to (the base, or θ_t with update_mode='iterative')."""
     theta = theta0
     for mkey, paths in sharing_plan(theta0).items():
         for path in paths:
@@ -208,7 +222,7 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
     phi = {module_key(c): init_module(k, c, cfg) for k, c in zip(keys, widths)}
     phi = optax.LookaheadParams.init_synced(phi)
     perc_target = base.cache_target(frozen, image[None], cfg.perceptual, cfg.cache_target_features)
-    return dict(
+    state = dict(
         t=jnp.asarray(0, jnp.int32),
         key=key,
         image=image,
@@ -218,15 +232,30 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
         perc_target=perc_target,
         g=conv_grads(frozen, theta0, ws, image, cfg, perc_target),
     )
+    if _iterative(cfg):
+        state["theta"] = theta0
+    return state
+
+
+def _iterative(cfg) -> bool:
+    if cfg.update_mode not in UPDATES:
+        raise ValueError(f"gmm: update_mode must be one of {UPDATES}, got {cfg.update_mode!r}")
+    return cfg.update_mode == "iterative"
+
+
+def _current(state, frozen, cfg):
+    """The weights M_φ's correction is applied to: θ0, or θ_t with update_mode='iterative'."""
+    return state["theta"] if _iterative(cfg) else frozen.arch.tunable(frozen.g["params"])
 
 
 def step(state, frozen: base.Frozen, cfg):
     key, kr = jax.random.split(state["key"])
     theta0 = frozen.arch.tunable(frozen.g["params"])
+    current = _current(state, frozen, cfg)
     image, ws = state["image"], state["ws"]
 
     def loss_fn(fast):
-        theta = tuned_params(fast, theta0, state["g"], cfg)
+        theta = tuned_params(fast, current, state["g"], cfg)
         rec, (img, l2, lp) = _rec_loss(frozen, theta, ws, image, cfg, state["perc_target"])
         idl = jnp.zeros((), jnp.float32)
         if cfg.id_weight > 0:
@@ -256,18 +285,24 @@ def step(state, frozen: base.Frozen, cfg):
     updates, opt = _tx(cfg).update(grads, state["opt"], state["phi"])
     phi = optax.apply_updates(state["phi"], updates)
     new = dict(state, t=state["t"] + 1, key=key, phi=phi, opt=opt)
-    if cfg.recompute_g:
-        theta = tuned_params(phi.fast, theta0, state["g"], cfg)
+    if cfg.recompute_g or _iterative(cfg):
+        theta = tuned_params(phi.fast, current, state["g"], cfg)
         new["g"] = conv_grads(frozen, theta, ws, image, cfg, state["perc_target"])
+        if _iterative(cfg):
+            new["theta"] = theta
     return new, metrics
 
 
 def result(state, frozen: base.Frozen, cfg):
-    theta = tuned_params(
-        state["phi"].fast, frozen.arch.tunable(frozen.g["params"]), state["g"], cfg
-    )
+    theta0 = frozen.arch.tunable(frozen.g["params"])
+    if _iterative(cfg):  # the weights the run reached; φ alone cannot rebuild them
+        theta = state["theta"]
+        tuned = base.tree_sub(theta, theta0)
+    else:
+        theta = tuned_params(state["phi"].fast, theta0, state["g"], cfg)
+        tuned = state["phi"].fast
     recon = base.synthesize(frozen, state["ws"][None], theta)[0]
-    return dict(latent=state["ws"], recon=recon, tuned=state["phi"].fast)
+    return dict(latent=state["ws"], recon=recon, tuned=tuned)
 
 
 def converged(metrics, cfg):
