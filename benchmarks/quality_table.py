@@ -17,7 +17,9 @@ Clone, which has none, as run).
 Metrics from `ganinv_jax.losses` (MSE, SSIM, PSNR on [0, 1] images, LPIPS-VGG on 3 channels,
 reconstructions clipped to [-1, 1]). Steps: --steps-scale times the defaults, or per method with
 --steps latent_opt=200,pti=150; Clone uses the paper's p=1/4, λ=10, ε=1e-3 with a step cap (its
-iterations column and converged fraction show how far it got).
+iterations column and converged fraction show how far it got). --job-defaults runs PTI, Clone and
+GMM with the main job's settings instead (`configs/stylegan2.py`: PTI lr 3e-3, Clone p 1 / λ 0.1
+/ L_global 0.01 / lr 5e-4, GMM iterative) -- what `python -m ganinv_jax.main` users get.
 Convergence: the engine's per-call history gives each method's mean MSE curve (`curve_mse`, every
 --steps-per-call steps; the method's own training MSE of its last step, unclipped) and
 `steps_to_latent_opt_mse`: the mean first recorded step at which an image's MSE is at or below
@@ -194,6 +196,11 @@ def main():
     ap.add_argument("--methods", default="latent_opt,pti,clone,gmm")
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--reals", type=int, default=512, help="FMNIST train images for Clone")
+    ap.add_argument(
+        "--job-defaults",
+        action="store_true",
+        help="PTI / Clone / GMM with the main job's settings (configs/stylegan2.py)",
+    )
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
@@ -210,6 +217,10 @@ def main():
     cfgs = {m: inv.METHODS[m].default_config() for m in inv.METHODS}
     cfgs["latent_opt"].num_steps = steps["latent_opt"]
     cfgs["latent_opt"].initial_noise_factor = 0.0 if encode else 0.05
+    if a.job_defaults:
+        job = job_config()
+        for m in ("pti", "clone", "gmm"):
+            cfgs[m] = job[m]
     for m in ("pti", "clone", "gmm"):
         cfgs[m].num_steps = steps[m]
     report = dict(
@@ -220,6 +231,7 @@ def main():
         strategy=a.strategy,
         sets={},
         command=" ".join(sys.argv),
+        method_configs={m: cfgs[m].to_dict() for m in a.methods.split(",")},
         load_avg_at_start=os.getloadavg()[0],
     )
     methods = a.methods.split(",")
@@ -322,6 +334,17 @@ def main():
             f.write(markdown(report) + "\n")
     print(json.dumps(report, indent=1, default=_plain))
     print(markdown(report))
+
+
+def job_config():
+    """The main job's config (configs/stylegan2.py), whose method blocks hold its defaults."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "stylegan2.py")
+    spec = importlib.util.spec_from_file_location("job_config_stylegan2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def convergence(out, target_mse, sl) -> dict:

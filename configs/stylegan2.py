@@ -65,7 +65,7 @@ def get_config(variant: str = ""):
     config.encoder = "auto"  # the encoder of init 'encoder', of the pivot's start and of the
     # encoder methods: auto (the shipped paper-000 encoder of the default G, else G's InvGAN
     # w-head, else none) | default | invgan | none | a trained encoder DIR (configs/encoder.py)
-    config.init_steps = 100  # pivot projection: latent_opt steps (config.latent_opt's
+    config.init_steps = 0  # pivot projection: latent_opt steps, 0 = `steps` (config.latent_opt's
     config.init_space = "w+"  # loss) in 'w+' or 'w' (PTI's pivot), from the encoder if any
     config.strategy = "auto"  # engine batching: auto | vmap | map | chunked
     config.steps_per_call = 25  # method steps per compiled call (lax.scan length)

@@ -274,10 +274,11 @@ class Context:
 
 def pivot_config(config, has_encoder: bool):
     """latent_opt's config for the pivot projection: `config.latent_opt` (its loss), in
-    `config.init_space`, `config.init_steps` steps, no noise ramp from an encoder start."""
+    `config.init_space`, `config.init_steps` steps (0: `config.steps`, so the pivot is what
+    latent_opt alone would end at), no noise ramp from an encoder start."""
     cfg = methods_lib.method_config(config, methods_lib.get("latent_opt"))
     cfg.space = config.init_space
-    cfg.num_steps = int(config.init_steps)
+    cfg.num_steps = int(config.init_steps) if config.init_steps > 0 else int(config.steps)
     if has_encoder:
         cfg.initial_noise_factor = 0.0  # the projector's noise ramp is for a mean-w start
     return cfg
