@@ -153,10 +153,13 @@ def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) -> dict:
     grads = jax.jit(lambda fr, w, x: gmm.conv_grads(fr, fr.g["params"]["synthesis"], w, x, cfg))
     vals = []
     for i in rows:
-        if method_name in ("pti", "clone"):
-            delta = out["tuned"] if method_name == "pti" else out["tuned"]["synthesis"]
+        weights_delta = method_name == "pti" or (
+            method_name == "gmm" and cfg.get("update_mode") == "iterative"
+        )
+        if weights_delta or method_name == "clone":  # the saved tree is a weight delta
+            delta = out["tuned"] if weights_delta else out["tuned"]["synthesis"]
             p = jax.tree_util.tree_map(lambda d, b: b + d[i], delta, theta0)
-        else:  # gmm: rebuild θ' = θ0 - M_φ(g) from φ and g at θ0
+        else:  # one-shot gmm: rebuild θ' = θ0 - M_φ(g) from φ and g at θ0
             phi = jax.tree_util.tree_map(lambda a: a[i], out["tuned"])
             g = grads(frozen, jnp.asarray(out["latent"][i]), jnp.asarray(out["_images"][i]))
             p = gmm.tuned_params(phi, theta0, g, cfg)
