@@ -17,30 +17,20 @@ a figure taken beside another heavy job is not a benchmark.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
 
 import jax
 import numpy as np
+from repo_configs import get_config
 
 from ganinv_jax import atomic, encoders, pretrained
 from ganinv_jax import sharding as shd
 from ganinv_jax.losses import perceptual as lpips_lib
 from ganinv_jax.training import encoder as enc_train
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {"pretrain": "", "finetune": "finetune", "crg": "crg"}
-
-
-def encoder_config_module():
-    spec = importlib.util.spec_from_file_location(
-        "cfg_encoder", os.path.join(os.path.dirname(HERE), "configs", "encoder.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def bench_inference(gan, kind: str, batch: int, repeats: int) -> dict:
@@ -68,7 +58,7 @@ def bench_inference(gan, kind: str, batch: int, repeats: int) -> dict:
 
 
 def bench_training(gan, objective: str, steps: int) -> dict:
-    config = encoder_config_module().get_config(VARIANTS[objective])
+    config = get_config("encoder", VARIANTS[objective])
     config.val.every = 0  # validation is a separate cost (every val.every steps)
     enc, mesh, init_fn = enc_train.setup(config, gan)
     get_rows, _, _ = enc_train.make_data(config, gan)

@@ -24,7 +24,6 @@ RGB) and `--ood` scikit-image photos.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -37,6 +36,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from quality_table import fashion_mnist_test, ood_photos  # noqa: E402
+from repo_configs import get_config  # noqa: E402
 
 from ganinv_jax import atomic, losses, pretrained  # noqa: E402
 from ganinv_jax import inversion as inv  # noqa: E402
@@ -44,16 +44,6 @@ from ganinv_jax.jobs import invert  # noqa: E402
 from ganinv_jax.jobs import methods as methods_lib  # noqa: E402
 
 METRICS = ("mse", "psnr", "ssim", "ms_ssim", "lpips")
-
-
-def job_config():
-    """configs/stylegan2.py's defaults (the latent_opt settings users run)."""
-    spec = importlib.util.spec_from_file_location(
-        "cfg_stylegan2", os.path.join(os.path.dirname(HERE), "configs", "stylegan2.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
 
 
 def timed_encode(encode, images: np.ndarray) -> tuple[np.ndarray, float]:
@@ -114,7 +104,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     gan = pretrained.load("default")
-    cfg = job_config()
+    cfg = get_config("stylegan2")
     frozen_lo = inv.make_frozen(gan.config, gan.G, lpips=None)
     lpips = losses.load_lpips_params("vgg")
     sets = {"fmnist_test": fashion_mnist_test(a.n, gan.config.resolution)}

@@ -154,7 +154,7 @@ def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) -> dict:
     vals = []
     for i in rows:
         weights_delta = method_name == "pti" or (
-            method_name == "gmm" and cfg.get("update_mode") == "iterative"
+            method_name == "gmm" and gmm.saves_weight_delta(cfg)
         )
         if weights_delta or method_name == "clone":  # the saved tree is a weight delta
             delta = out["tuned"] if weights_delta else out["tuned"]["synthesis"]
@@ -221,7 +221,9 @@ def main():
     cfgs["latent_opt"].num_steps = steps["latent_opt"]
     cfgs["latent_opt"].initial_noise_factor = 0.0 if encode else 0.05
     if a.job_defaults:
-        job = job_config()
+        from repo_configs import get_config
+
+        job = get_config("stylegan2")
         for m in ("pti", "clone", "gmm"):
             cfgs[m] = job[m]
     for m in ("pti", "clone", "gmm"):
@@ -337,17 +339,6 @@ def main():
             f.write(markdown(report) + "\n")
     print(json.dumps(report, indent=1, default=_plain))
     print(markdown(report))
-
-
-def job_config():
-    """The main job's config (configs/stylegan2.py), whose method blocks hold its defaults."""
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "stylegan2.py")
-    spec = importlib.util.spec_from_file_location("job_config_stylegan2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def convergence(out, target_mse, sl) -> dict:

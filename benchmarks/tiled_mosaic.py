@@ -16,30 +16,24 @@ Metrics: the invert job's `image_metrics` at 64 px (MSE, PSNR on [0, 1], SSIM, M
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+from repo_configs import get_config
 
 from ganinv_jax import atomic, losses
 from ganinv_jax.data import fashion_mnist
 from ganinv_jax.data import images as image_io
 from ganinv_jax.jobs import invert
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 METRICS = ("mse", "psnr", "ssim", "ms_ssim", "lpips")
 
 
 def job_config(**overrides):
-    spec = importlib.util.spec_from_file_location(
-        "cfg_stylegan2", os.path.join(os.path.dirname(HERE), "configs", "stylegan2.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config()
+    config = get_config("stylegan2")
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")

@@ -257,7 +257,7 @@ class Generators:
         for k, v in (self.inv.run.get("method_config") or {}).items():
             if k in cfg:
                 cfg[k] = tuple(v) if isinstance(v, list) else v
-        if cfg.update_mode == "iterative":  # its `tuned` is the synthesis delta, as PTI's
+        if gmm.saves_weight_delta(cfg):  # its `tuned` is the synthesis delta, as PTI's
             self.mode = "gmm_delta"
             return
         if cfg.recompute_g:

@@ -237,6 +237,11 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
     return state
 
 
+def saves_weight_delta(cfg) -> bool:
+    """Whether `result`'s `tuned` is θ - θ0 (update_mode='iterative') rather than φ."""
+    return _iterative(cfg)
+
+
 def _iterative(cfg) -> bool:
     if cfg.update_mode not in UPDATES:
         raise ValueError(f"gmm: update_mode must be one of {UPDATES}, got {cfg.update_mode!r}")
