@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-invgan", action="store_true", help="leave out the InvGAN w-head row")
     ap.add_argument("--ft-from", default="", help="NAME of the encoder encoder_ft tunes ('': none)")
     ap.add_argument("--ft-steps", type=int, default=200)
-    ap.add_argument("--lo-steps", type=int, default=200)
+    ap.add_argument("--lo-steps", type=int, default=200, help="0: the encoders' rows only")
     ap.add_argument(
         "--lo-from", default="", help="encoders latent_opt starts from, comma-separated ('': all)"
     )
@@ -155,11 +155,12 @@ def main(argv=None) -> dict:
             print(set_name, rows[-1]["row"], f"{rows[-1]['psnr']:.2f} dB", flush=True)
         lo_runs = {}
         lo_from = [n for n in starts if not a.lo_from or n in a.lo_from.split(",")]
-        for name in ["mean_w", *lo_from]:
+        for name in ["mean_w", *lo_from] if a.lo_steps > 0 else []:  # 0: encoders only
             lo_runs[name] = timed_invert(
                 lo, frozen_lo, x, starts.get(name), lo_cfg, a.steps_per_call
             )
-        final_mean = scores(lpips, x, lo_runs["mean_w"][0]["recon"])["mse_per_image"]
+        if lo_runs:
+            final_mean = scores(lpips, x, lo_runs["mean_w"][0]["recon"])["mse_per_image"]
         for name, (out, sec) in lo_runs.items():
             rows.append(
                 dict(row=f"latent_opt ({a.lo_steps}) from {name}", seconds_per_image=sec)

@@ -30,7 +30,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             max_channels=512,
             target="",  # '' : the kind's own (adaptive 'wplus'; crg 'z') | crg: 'w'
             dropout=0.5,  # crg: spatial dropout
-            init_from="",  # an encoder DIR to start from (finetune: the pre-trained one)
+            init_from="",  # an encoder DIR to start from (finetune: the pre-trained one) | default
         )
     )
     # Paper 000's losses: L_img = 5 MSE + 3 (1 - cos) + 2 LPIPS + 1 (1 - SSIM), cropped

@@ -8,6 +8,7 @@ a batch of 8 padded to 8 devices hit the same compiled program.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from ganinv_jax import inversion as inv
@@ -433,6 +434,66 @@ def test_gmm_iterative_with_frozen_identity_modules_is_gradient_descent(setup, g
         out["tuned"],
         base.tree_sub(want, theta0),
     )
+
+
+def test_gmm_adam_feed_with_frozen_identity_modules_is_adam(setup, gmm_state):
+    # grad_norm='adam' feeds M_φ Adam's direction of the g_t: with φ frozen at the identity two
+    # iterative steps are two optax.adam steps (lr = out_scale) on the conv weights
+    fr, imgs = setup
+    st0, c = gmm_state
+    c = c.copy_and_resolve_references()
+    c.lr, c.reg_weight, c.update_mode, c.grad_norm, c.out_scale = (
+        0.0,
+        0.0,
+        "iterative",
+        "adam",
+        0.01,
+    )
+    theta0 = fr.g["params"]["synthesis"]
+    st = dict(st0, theta=theta0, moments=gmm._moments(None, st0["g"]))
+    image, latent = jnp.asarray(imgs[2]), base.mean_latent(fr)
+
+    @jax.jit
+    def two_steps(st):
+        return gmm.step(gmm.step(st, fr, c)[0], fr, c)[0]
+
+    @jax.jit
+    def two_adam_steps(theta):
+        paths = gmm.conv_paths(theta)
+        tx = optax.adam(0.01)
+        convs = {"/".join(p): gmm._get(theta, p) for p in paths}
+        opt = tx.init(convs)
+        for _ in range(2):
+            g = gmm.conv_grads(fr, theta, latent, image, c)
+            upd, opt = tx.update(g, opt)
+            convs = optax.apply_updates(convs, upd)
+            for p in paths:
+                theta = gmm._set(theta, p, convs["/".join(p)])
+        return theta
+
+    st2, want = two_steps(st), two_adam_steps(theta0)
+    for path in gmm.conv_paths(theta0):
+        np.testing.assert_allclose(gmm._get(st2["theta"], path), gmm._get(want, path), atol=1e-5)
+        # Adam's first steps move every weight by ~lr: far above the tolerance
+        assert float(jnp.mean(jnp.abs(gmm._get(want, path) - gmm._get(theta0, path)))) > 5e-3
+    c.update_mode = "once"
+    with pytest.raises(ValueError, match="needs update_mode='iterative'"):
+        gmm.init(jax.random.key(0), image, fr, latent, c)
+
+
+def test_step_size_rampdowns():
+    # PTI's / Clone's lr_rampdown and GMM's out_rampdown: latent_opt's cosine ramp-down over the
+    # last fraction of num_steps (full size before it, half way through it, ~0 at the end)
+    assert base.tuning_lr(3e-3, 100, 0.0) == 3e-3  # off: the papers' constant lr
+    lr = base.tuning_lr(1e-2, 100, 0.5)
+    c = gmm.default_config()
+    c.update(update_mode="iterative", num_steps=100, out_scale=1e-2, out_rampdown=0.5)
+    for size in (lr, lambda t: gmm._out_scale(t, c)):
+        np.testing.assert_allclose([float(size(t)) for t in (0, 50, 75)], [1e-2, 1e-2, 5e-3])
+        assert 0 < float(size(99)) < 1e-4
+    c.update_mode = "once"
+    with pytest.raises(ValueError, match="out_rampdown needs update_mode='iterative'"):
+        gmm._out_scale(0, c)
 
 
 @pytest.fixture(scope="module")

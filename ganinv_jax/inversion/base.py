@@ -308,3 +308,12 @@ def lr_ramp(t: Array, num_steps: int, rampup: float, rampdown: float) -> Array:
     ramp = jnp.minimum(1.0, (1.0 - frac) / max(rampdown, 1e-8))
     ramp = 0.5 - 0.5 * jnp.cos(jnp.clip(ramp, 0.0, 1.0) * np.pi)
     return ramp * jnp.minimum(1.0, frac / max(rampup, 1e-8)) if rampup > 0 else ramp
+
+
+def tuning_lr(lr: float, num_steps: int, rampdown: float):
+    """A tuning method's generator learning rate: constant (the papers), or with `lr_ramp`'s
+    cosine ramp-down over the last `rampdown` fraction of `num_steps` (> 0: a per-image overfit
+    settles into its minimum instead of ending on Adam's constant-lr noise floor)."""
+    if rampdown <= 0:
+        return lr
+    return lambda count: lr * lr_ramp(count, num_steps, 0.0, rampdown)

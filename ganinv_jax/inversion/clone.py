@@ -68,6 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.global_batch = 3
     c.global_weight = 1.0  # 0 switches L_global (and D's R1) off: an ablation, not the paper
     c.lr = 0.002
+    c.lr_rampdown = 0.0  # > 0: cosine ramp-down of G's lr over this last fraction (not the paper)
     c.betas = (0.0, 0.99)
     c.r1_gamma = 10.0
     c.r1_interval = 16
@@ -81,7 +82,12 @@ def _txs(cfg, arch=None):
         cfg.lr, tuple(cfg.betas), cfg.r1_interval if lazy else None
     )
     return (
-        optax.adam(cfg.lr, b1=cfg.betas[0], b2=cfg.betas[1], eps=1e-8),
+        optax.adam(
+            base.tuning_lr(cfg.lr, cfg.num_steps, cfg.lr_rampdown),
+            b1=cfg.betas[0],
+            b2=cfg.betas[1],
+            eps=1e-8,
+        ),
         optax.adam(d_lr, b1=d_betas[0], b2=d_betas[1], eps=1e-8),
     )
 

@@ -32,7 +32,9 @@ The paper reads two ways, and both are switches (`update_mode`).
     the result, θ_{t+1} = θ_t + sign * out_scale * M_φ(g_t), g_t = ∂L_rec/∂θ_t, while φ learns
     online from the loss at θ_{t+1}: a learned optimizer trained on this one image (one extra G
     forward/backward per step for g_{t+1}; θ_t per image in the state, like PTI). Its `tuned`
-    is θ - θ0, as PTI's.
+    is θ - θ0, as PTI's. With `grad_norm='adam'` the modules are fed Adam's per-weight direction
+    of the g_t instead of g_t (an identity module is then an Adam step of size out_scale; not the
+    paper, which feeds raw gradients), and `out_rampdown` ramps out_scale down at the end.
 Ours: the paper's lr was lost — we use Ranger's default 1e-3; the loss weights of its Table 1 were
 lost — defaults 1/1/0 (L2/LPIPS/ID) and reg_weight 1 with PTI's inner weights; biases, affine
 layers, noise strengths and the const input are not modulated (only conv weights, like
@@ -67,8 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.sign = -1.0
     c.out_scale = 1.0
     c.grad_norm = "none"  # 'none' (paper) | 'rms': M sees g / rms(g) per layer |
-    # 'rms_weight': and its output is scaled to rms(θ0) (see modify)
+    # 'rms_weight': and its output is scaled to rms(θ0) (see modify) | 'adam' (iterative only):
+    # M sees Adam's per-weight direction m̂ / (sqrt(v̂) + eps) of the g_t (see _fed)
     c.recompute_g = False
+    c.out_rampdown = 0.0  # iterative: > 0 ramps out_scale down (cosine) over this last fraction
     c.update_mode = "once"  # 'once' (abstract: θ' = θ0 + M_φ(g0), one application to θ0) |
     # 'iterative' (conclusion: θ_{t+1} = θ_t + M_φ(g_t), g_t at θ_t; see the module docstring)
     c.l2_weight = 1.0
@@ -152,7 +156,9 @@ def apply_module(blocks, h):
     return h
 
 
-GRAD_NORMS = ("none", "rms", "rms_weight")
+GRAD_NORMS = ("none", "rms", "rms_weight", "adam")
+# grad_norm='adam': optax.adam's defaults, the moments PTI's optimizer keeps
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 UPDATES = ("once", "iterative")
 
 
@@ -167,27 +173,41 @@ def modify(blocks, grad, grad_norm: str = "none", weight=None):
     base `weight` instead: an identity module is then a normalized gradient step whose size,
     relative to the weights, is `out_scale` (measured on the default model: ||g|| / ||θ0|| =
     6e-5, so 'rms' leaves θ' = θ0 to 5 digits and the modules cannot grow the 1000x gain a
-    visible change needs within 150 steps)."""
+    visible change needs within 150 steps).
+    grad_norm='adam': `grad` is already Adam's per-weight direction (`_fed`), used as is: an
+    identity module is then an Adam step of size `out_scale` on the conv weights."""
     k1, k2, c, o = grad.shape
     if grad_norm not in GRAD_NORMS:
         raise ValueError(f"gmm: grad_norm must be one of {GRAD_NORMS}, got {grad_norm!r}")
     rms = lambda t: jnp.sqrt(jnp.mean(jnp.square(t))) + 1e-12  # noqa: E731
-    r = rms(grad) if grad_norm != "none" else 1.0
+    r = rms(grad) if grad_norm in ("rms", "rms_weight") else 1.0
     out_r = rms(weight) if grad_norm == "rms_weight" else r
     vecs = jnp.transpose(grad / r, (0, 1, 3, 2)).reshape(-1, c)
     out = apply_module(blocks, vecs).reshape(k1, k2, o, c)
     return out_r * jnp.transpose(out, (0, 1, 3, 2))
 
 
-def tuned_params(phi, theta0, grads, cfg):
+def tuned_params(phi, theta0, grads, cfg, out_scale=None):
     """θ' = θ0 + sign * out_scale * M_φ(g) on every conv weight (others stay θ0); `theta0` is
-    the weights the correction is applied to (the base, or θ_t with update_mode='iterative')."""
+    the weights the correction is applied to (the base, or θ_t with update_mode='iterative');
+    `out_scale` (None: cfg.out_scale) is this step's, see `_out_scale`."""
+    scale = cfg.sign * (cfg.out_scale if out_scale is None else out_scale)
     theta = theta0
     for mkey, paths in sharing_plan(theta0).items():
         for path in paths:
             corr = modify(phi[mkey], grads["/".join(path)], cfg.grad_norm, _get(theta0, path))
-            theta = _set(theta, path, _get(theta0, path) + cfg.sign * cfg.out_scale * corr)
+            theta = _set(theta, path, _get(theta0, path) + scale * corr)
     return theta
+
+
+def _out_scale(t, cfg):
+    """Step t's out_scale: constant, or (iterative, out_rampdown > 0) ramped down like
+    latent_opt's lr, so the last steps settle instead of ending on the step's noise floor."""
+    if cfg.out_rampdown <= 0:
+        return cfg.out_scale
+    if not _iterative(cfg):
+        raise ValueError("gmm: out_rampdown needs update_mode='iterative' (a step schedule)")
+    return cfg.out_scale * base.lr_ramp(t, cfg.num_steps, 0.0, cfg.out_rampdown)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -234,7 +254,36 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
     )
     if _iterative(cfg):
         state["theta"] = theta0
+    if _adam(cfg):
+        state["moments"] = _moments(None, state["g"])
     return state
+
+
+def _adam(cfg) -> bool:
+    if cfg.grad_norm == "adam" and not _iterative(cfg):
+        raise ValueError("gmm: grad_norm='adam' needs update_mode='iterative' (moments of g_t)")
+    return cfg.grad_norm == "adam"
+
+
+def _moments(moments, g):
+    """Adam's first and second moments of the conv gradients, updated with g (None: zeros)."""
+    m, v = (jax.tree_util.tree_map(jnp.zeros_like, g),) * 2 if moments is None else moments
+    m = jax.tree_util.tree_map(lambda m, g: ADAM_B1 * m + (1 - ADAM_B1) * g, m, g)
+    v = jax.tree_util.tree_map(lambda v, g: ADAM_B2 * v + (1 - ADAM_B2) * g * g, v, g)
+    return m, v
+
+
+def _fed(state, cfg):
+    """What M_φ is applied to: g_t, or (grad_norm='adam') Adam's bias-corrected direction
+    m̂ / (sqrt(v̂) + eps) of g_0..g_t -- a per-weight scale, where 'rms_weight' has one per
+    layer (on the default model Adam's per-weight step took PTI 3x below latent_opt in 150
+    steps, the per-layer one 1.5x)."""
+    if not _adam(cfg):
+        return state["g"]
+    n = (state["t"] + 1).astype(jnp.float32)  # gradients in the moments
+    m, v = state["moments"]
+    c1, c2 = 1 - ADAM_B1**n, 1 - ADAM_B2**n
+    return jax.tree_util.tree_map(lambda m, v: (m / c1) / (jnp.sqrt(v / c2) + ADAM_EPS), m, v)
 
 
 def saves_weight_delta(cfg) -> bool:
@@ -258,9 +307,10 @@ def step(state, frozen: base.Frozen, cfg):
     theta0 = frozen.arch.tunable(frozen.g["params"])
     current = _current(state, frozen, cfg)
     image, ws = state["image"], state["ws"]
+    fed, scale = _fed(state, cfg), _out_scale(state["t"], cfg)
 
     def loss_fn(fast):
-        theta = tuned_params(fast, current, state["g"], cfg)
+        theta = tuned_params(fast, current, fed, cfg, scale)
         rec, (img, l2, lp) = _rec_loss(frozen, theta, ws, image, cfg, state["perc_target"])
         idl = jnp.zeros((), jnp.float32)
         if cfg.id_weight > 0:
@@ -291,10 +341,12 @@ def step(state, frozen: base.Frozen, cfg):
     phi = optax.apply_updates(state["phi"], updates)
     new = dict(state, t=state["t"] + 1, key=key, phi=phi, opt=opt)
     if cfg.recompute_g or _iterative(cfg):
-        theta = tuned_params(phi.fast, current, state["g"], cfg)
+        theta = tuned_params(phi.fast, current, fed, cfg, scale)
         new["g"] = conv_grads(frozen, theta, ws, image, cfg, state["perc_target"])
         if _iterative(cfg):
             new["theta"] = theta
+        if _adam(cfg):
+            new["moments"] = _moments(state["moments"], new["g"])
     return new, metrics
 
 

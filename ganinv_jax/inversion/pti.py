@@ -33,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.num_steps = 350
     c.lr = 3e-4
+    c.lr_rampdown = 0.0  # > 0: cosine ramp-down of lr over this last fraction (not the paper)
     c.l2_weight = 1.0
     c.lpips_weight = 1.0
     c.perceptual = "lpips"  # 'lpips' | 'pooled_l2' | 'none'
@@ -52,7 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _tx(cfg):
-    return optax.adam(cfg.lr)
+    return optax.adam(base.tuning_lr(cfg.lr, cfg.num_steps, cfg.lr_rampdown))
 
 
 def init(key, image, frozen: base.Frozen, init_latent, cfg):

@@ -372,13 +372,24 @@ def _latent_mean(enc, gan):
     return None if enc.target == "z" else gan.G["buffers"]["mapping"]["w_avg"]
 
 
+def init_dir(config) -> str:
+    """`config.encoder.init_from`: an exported encoder DIR, 'default' (the shipped one: e.g. to
+    fine-tune it further), or '' (none)."""
+    path = config.encoder.init_from
+    if path == "default":
+        from ganinv_jax import pretrained
+
+        return pretrained.DEFAULT_ENCODER_DIR
+    return path
+
+
 def setup(config, gan, mesh=None):
     """(encoder config, mesh, init_fn(key) -> EncoderState)."""
     if objective(config) != "crg":  # validates kind / stage (and the loss switches)
         attention_config(config)
     if config.encoder.init_from:
-        enc, _, _ = encoders.read_dir(config.encoder.init_from)
-        encoders.check_fits(enc, gan.config, config.encoder.init_from)
+        enc, _, _ = encoders.read_dir(init_dir(config))
+        encoders.check_fits(enc, gan.config, init_dir(config))
     else:
         enc = encoder_config(config, gan.config)
     if enc.kind != config.encoder.kind:
@@ -396,10 +407,10 @@ def setup(config, gan, mesh=None):
 def warm_start(config, state: EncoderState, shardings) -> EncoderState:
     """Start from an exported encoder DIR (`config.encoder.init_from`): its params, a fresh
     optimizer and validation state, step 0."""
-    _, params, doc = encoders.read_dir(config.encoder.init_from)
+    _, params, doc = encoders.read_dir(init_dir(config))
     like = lambda n, o: jnp.asarray(n, o.dtype)
     params = jax.tree_util.tree_map(like, params, state.params)
-    logging.info("encoder warm start from %s (%s)", config.encoder.init_from, doc.get("source"))
+    logging.info("encoder warm start from %s (%s)", init_dir(config), doc.get("source"))
     return jax.device_put(state_from_params(config, params), shardings)
 
 
