@@ -18,8 +18,9 @@ Metrics from `ganinv_jax.losses` (MSE, SSIM, PSNR on [0, 1] images, LPIPS-VGG on
 reconstructions clipped to [-1, 1]). Steps: --steps-scale times the defaults, or per method with
 --steps latent_opt=200,pti=150; Clone uses the paper's p=1/4, λ=10, ε=1e-3 with a step cap (its
 iterations column and converged fraction show how far it got). --job-defaults runs PTI, Clone and
-GMM with the main job's settings instead (`configs/stylegan2.py`: PTI lr 3e-3, Clone p 1 / λ 0.1
-/ L_global 0.01 / lr 5e-4, GMM iterative) -- what `python -m ganinv_jax.main` users get.
+GMM with the main job's settings instead (`configs/stylegan2.py`: PTI lr 1e-2 ramped down, Clone
+p 1 / λ 0.1 / L_global 0.01 / Adam (0.9, 0.999) lr 3e-3, GMM iterative fed Adam's
+direction, step 1e-2) -- what `python -m ganinv_jax.main` users get.
 Convergence: the engine's per-call history gives each method's mean MSE curve (`curve_mse`, every
 --steps-per-call steps; the method's own training MSE of its last step, unclipped) and
 `steps_to_latent_opt_mse`: the mean first recorded step at which an image's MSE is at or below

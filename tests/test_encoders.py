@@ -11,6 +11,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -263,6 +264,17 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_and_exports(gan, tmp_p
         loaded.check_generator(dataclasses.replace(TINY_G, w_dim=TINY_G.w_dim + 1))
     with pytest.raises(pretrained.MissingDirError, match="no such encoder directory"):
         encoders.read_dir(str(tmp_path / "nope"))
+    # a run started from an export (init_from; 'default' = the shipped one) records its lineage
+    assert tr.init_dir(ml_collections.ConfigDict(dict(encoder=dict(init_from="default")))) == (
+        pretrained.DEFAULT_ENCODER_DIR
+    )
+    c2 = c.copy_and_resolve_references()
+    c2.encoder.init_from = str(tmp_path / "a" / "encoder")
+    tr.export_encoder(full, enc, str(tmp_path / "c"), config=c2)
+    assert encoders.read_dir(str(tmp_path / "c"))[2]["source"]["init_from"] == {
+        "dir": c2.encoder.init_from,
+        "source": doc["source"],
+    }
     (tmp_path / "a" / "encoder" / "config.json").write_text('{"architecture": "stylegan2"}')
     with pytest.raises(pretrained.BadDirError, match="corrupt encoder config.*not 'encoder'"):
         encoders.read_dir(str(tmp_path / "a" / "encoder"))

@@ -533,6 +533,9 @@ def export_encoder(
     if config is not None:
         source.update(objective=objective(config), seed=config.seed)
         generator["path"] = config.generator
+        if config.encoder.init_from:  # the lineage: what this run started from, and its source
+            start = encoders.read_dir(init_dir(config))[2].get("source", {})
+            source["init_from"] = {"dir": config.encoder.init_from, "source": start}
     if gan is not None:
         generator["config"] = gan.config.to_dict()
     out = encoders.write_dir(
