@@ -106,8 +106,8 @@ def get_config(variant: str = ""):
     # Adam betas (0.9, 0.999) instead of StyleGAN2's (0, 0.99) -- with β1 = 0 the first steps
     # move every weight by ~lr and the run spends its budget recovering (1.1-1.7x at best) --
     # lr 3e-3: 4.0x. (lr 1e-2: 4.7x on the 4 images, but its first Adam step moves every
-    # weight by 1e-2 and raises the MSE 10x; through the job, 2 of the first 8 test images
-    # did not recover: 0.79x latent_opt. Without the GAN terms: 3.4x.) Paper:
+    # weight by 1e-2 and raises the MSE 10x; through the job, 2 of 16 test images did not
+    # recover: 1.13x latent_opt in all. Without the GAN terms: 3.4x.) Paper:
     # --config.clone.p=0.25 --config.clone.lam=10 --config.clone.global_weight=1
     # --config.clone.lr=0.002 --config.clone.betas="(0.0, 0.99)".
     config.clone.update(p=1.0, lam=0.1, global_weight=0.01, lr=3e-3, betas=(0.9, 0.999))
