@@ -276,8 +276,8 @@ def _moments(moments, g):
 def _fed(state, cfg):
     """What M_φ is applied to: g_t, or (grad_norm='adam') Adam's bias-corrected direction
     m̂ / (sqrt(v̂) + eps) of g_0..g_t -- a per-weight scale, where 'rms_weight' has one per
-    layer (on the default model Adam's per-weight step took PTI 3x below latent_opt in 150
-    steps, the per-layer one 1.5x)."""
+    layer (on the default model, 4 held-out images: 8.4x below the pivot in 300 steps fed
+    Adam's direction, 1.5x in 150 fed the per-layer one; README "Diagnosis")."""
     if not _adam(cfg):
         return state["g"]
     n = (state["t"] + 1).astype(jnp.float32)  # gradients in the moments
