@@ -205,6 +205,12 @@ def main():
         action="store_true",
         help="PTI / Clone / GMM with the main job's settings (configs/stylegan2.py)",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="METHOD.KEY=VALUE over the method's config (repeatable; e.g. gmm.reg_weight=10)",
+    )
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
@@ -229,6 +235,9 @@ def main():
             cfgs[m] = job[m]
     for m in ("pti", "clone", "gmm"):
         cfgs[m].num_steps = steps[m]
+    for kv in a.set:
+        (m, key), value = kv.split("=", 1)[0].split(".", 1), kv.split("=", 1)[1]
+        cfgs[m][key] = type(cfgs[m][key])(value)
     report = dict(
         generator=g_name,
         g_config=g_cfg.to_dict(),
