@@ -188,6 +188,21 @@ def run_method(name, frozen, images, ids, init, cfg, steps, strategy, steps_per_
     return out
 
 
+def set_value(cfg, key: str, value) -> None:
+    """cfg[key] = value (command-line text or a number) cast to the type of the default:
+    booleans from 1/true, tuples from 'a:b' (e.g. betas=0.9:0.999). Unknown keys fail."""
+    if key not in cfg:
+        raise SystemExit(f"no config key {key!r} (keys: {', '.join(sorted(cfg))})")
+    old = cfg[key]
+    if isinstance(old, bool):
+        value = str(value).lower() in ("1", "true")
+    elif isinstance(old, tuple):
+        value = tuple(float(x) for x in str(value).split(":"))
+    else:
+        value = type(old)(value)
+    cfg[key] = value
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=64)
@@ -236,8 +251,9 @@ def main():
     for m in ("pti", "clone", "gmm"):
         cfgs[m].num_steps = steps[m]
     for kv in a.set:
-        (m, key), value = kv.split("=", 1)[0].split(".", 1), kv.split("=", 1)[1]
-        cfgs[m][key] = type(cfgs[m][key])(value)
+        name, value = kv.split("=", 1)
+        m, key = name.split(".", 1)
+        set_value(cfgs[m], key, value)
     report = dict(
         generator=g_name,
         g_config=g_cfg.to_dict(),

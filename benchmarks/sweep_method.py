@@ -119,16 +119,7 @@ def main():
     for setting in settings:
         cfg = inv.METHODS[a.method].default_config()
         for k, v in setting.items():
-            if k not in cfg:
-                raise SystemExit(f"sweep_method: {a.method} config has no key {k!r}")
-            old = getattr(cfg, k)
-            if isinstance(old, bool):
-                v = str(v).lower() in ("1", "true")
-            elif isinstance(old, tuple):  # e.g. betas=0.9:0.999
-                v = tuple(float(x) for x in str(v).split(":"))
-            else:
-                v = type(old)(v)
-            setattr(cfg, k, v)
+            qt.set_value(cfg, k, v)
         cfg.num_steps = a.steps
         t = time.perf_counter()
         out = qt.run_method(
