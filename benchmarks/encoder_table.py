@@ -35,7 +35,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from quality_table import fashion_mnist_test, ood_photos  # noqa: E402
+from quality_table import fashion_mnist_test, ood_photos, set_value  # noqa: E402
 from repo_configs import get_config  # noqa: E402
 
 from ganinv_jax import atomic, losses, pretrained  # noqa: E402
@@ -97,6 +97,18 @@ def main(argv=None) -> dict:
     ap.add_argument(
         "--lo-from", default="", help="encoders latent_opt starts from, comma-separated ('': all)"
     )
+    ap.add_argument(
+        "--lo-from-steps",
+        type=int,
+        default=0,
+        help="steps (and lr schedule horizon) of latent_opt from an encoder (0: --lo-steps)",
+    )
+    ap.add_argument(
+        "--lo-from-set",
+        action="append",
+        default=[],
+        help="KEY=VALUE of latent_opt's config for the encoder starts only (repeatable)",
+    )
     ap.add_argument("--steps-per-call", type=int, default=10)
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--ood", type=int, default=8)
@@ -123,10 +135,16 @@ def main(argv=None) -> dict:
     lo = inv.METHODS["latent_opt"]
     lo_cfg = methods_lib.method_config(cfg, lo)
     lo_cfg.num_steps = a.lo_steps
+    # a warm start may run a shorter schedule of its own (issue 14: "in <= half the steps")
+    lo_from_cfg = lo_cfg.copy_and_resolve_references()
+    lo_from_cfg.num_steps = a.lo_from_steps or a.lo_steps
+    for kv in a.lo_from_set:
+        set_value(lo_from_cfg, *kv.split("=", 1))
     report = dict(
         generator="default",
         n_images={k: len(v) for k, v in sets.items()},
         lo_config=json.loads(lo_cfg.to_json_best_effort()),
+        lo_from_config=json.loads(lo_from_cfg.to_json_best_effort()),
         load_average=os.getloadavg(),
         sets={},
     )
@@ -156,14 +174,16 @@ def main(argv=None) -> dict:
         lo_runs = {}
         lo_from = [n for n in starts if not a.lo_from or n in a.lo_from.split(",")]
         for name in ["mean_w", *lo_from] if a.lo_steps > 0 else []:  # 0: encoders only
-            lo_runs[name] = timed_invert(
-                lo, frozen_lo, x, starts.get(name), lo_cfg, a.steps_per_call
+            c = lo_cfg if name == "mean_w" else lo_from_cfg
+            lo_runs[name] = (
+                *timed_invert(lo, frozen_lo, x, starts.get(name), c, a.steps_per_call),
+                c,
             )
         if lo_runs:
             final_mean = scores(lpips, x, lo_runs["mean_w"][0]["recon"])["mse_per_image"]
-        for name, (out, sec) in lo_runs.items():
+        for name, (out, sec, c) in lo_runs.items():
             rows.append(
-                dict(row=f"latent_opt ({a.lo_steps}) from {name}", seconds_per_image=sec)
+                dict(row=f"latent_opt ({c.num_steps}) from {name}", seconds_per_image=sec)
                 | scores(lpips, x, out["recon"])
                 | curve(out, a.steps_per_call, final_mean)
             )

@@ -454,6 +454,30 @@ def test_gmm_iterative_with_frozen_identity_modules_is_its_optimizer(
             gmm.init(jax.random.key(0), image, fr, latent, c)
 
 
+def test_gmm_grad_reg_feeds_the_gradient_of_reconstruction_plus_localization(setup, gmm_state):
+    # grad_reg: after a step, the g_t the modules are fed is ∂L_rec/∂θ_t + reg_weight ∂L_R/∂θ_t
+    # (L_R on the step's fresh random latents), each part differentiated on its own here
+    fr, _ = setup
+    st0, c = gmm_state
+    c = c.copy_and_resolve_references()
+    c.update(lr=0.0, update_mode="iterative", out_scale=0.5, grad_reg=True, reg_weight=3.0)
+    theta0 = fr.g["params"]["synthesis"]
+    st1 = jax.jit(lambda s: gmm.step(s, fr, c)[0])(dict(st0, theta=theta0))
+    theta1, reg_key = st1["theta"], jax.random.fold_in(st1["key"], 1)
+    g_rec = gmm.conv_grads(fr, theta1, st0["ws"], st0["image"], c)
+    g_reg = jax.grad(lambda p: gmm._reg_loss(fr, p, reg_key, c))(theta1)
+    for path in gmm.conv_paths(theta0):
+        k = "/".join(path)
+        want = g_rec[k] + 3.0 * gmm._get(g_reg, path)
+        np.testing.assert_allclose(st1["g"][k], want, rtol=1e-4, atol=1e-7)
+    # θ_1 moved, so the localization part is there: g differs from L_rec's alone
+    diff = sum(float(jnp.sum(jnp.abs(st1["g"][k] - g_rec[k]))) for k in g_rec)
+    assert diff > 1e-3 * sum(float(jnp.sum(jnp.abs(g))) for g in g_rec.values())
+    c.update_mode = "once"
+    with pytest.raises(ValueError, match="grad_reg needs update_mode='iterative'"):
+        gmm._grad_reg_key(reg_key, c)
+
+
 def test_step_size_rampdowns():
     # PTI's / Clone's lr_rampdown and GMM's out_rampdown: latent_opt's cosine ramp-down over the
     # last fraction of num_steps (full size before it, half way through it, ~0 at the end)

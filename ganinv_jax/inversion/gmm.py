@@ -34,7 +34,9 @@ The paper reads two ways, and both are switches (`update_mode`).
     forward/backward per step for g_{t+1}; θ_t per image in the state, like PTI). Its `tuned`
     is θ - θ0, as PTI's. With `grad_norm='adam'` the modules are fed Adam's per-weight direction
     of the g_t instead of g_t (an identity module is then an Adam step of size out_scale; not the
-    paper, which feeds raw gradients), and `out_rampdown` ramps out_scale down at the end.
+    paper, which feeds raw gradients), `out_rampdown` ramps out_scale down at the end, and
+    `grad_reg` makes g_t the gradient of L_rec + reg_weight L_R (the localization term then
+    moves θ itself; with g_t of L_rec alone it reaches θ only through φ).
 Ours: the paper's lr was lost — we use Ranger's default 1e-3; the loss weights of its Table 1 were
 lost — defaults 1/1/0 (L2/LPIPS/ID) and reg_weight 1 with PTI's inner weights; biases, affine
 layers, noise strengths and the const input are not modulated (only conv weights, like
@@ -72,6 +74,8 @@ def default_config() -> ml_collections.ConfigDict:
     # 'rms_weight': and its output is scaled to rms(θ0) (see modify) | 'adam' (iterative only):
     # M sees Adam's per-weight direction m̂ / (sqrt(v̂) + eps) of the g_t (see _fed)
     c.recompute_g = False
+    c.grad_reg = False  # iterative: g_t = ∂(L_rec + reg_weight L_R)/∂θ_t, so the localization
+    # term moves θ directly, not only through φ (not the paper: its g is of L_rec)
     c.out_rampdown = 0.0  # iterative: > 0 ramps out_scale down (cosine) over this last fraction
     c.update_mode = "once"  # 'once' (abstract: θ' = θ0 + M_φ(g0), one application to θ0) |
     # 'iterative' (conclusion: θ_{t+1} = θ_t + M_φ(g_t), g_t at θ_t; see the module docstring)
@@ -220,9 +224,29 @@ def _rec_loss(frozen, params, ws, image, cfg, perc_target=None):
     return cfg.l2_weight * l2 + cfg.lpips_weight * lp, (img, l2, lp)
 
 
-def conv_grads(frozen, params, ws, image, cfg, perc_target=None):
-    """g: {path: ∂L_rec/∂θ} for the conv weights at `params` (stop-gradient)."""
-    g = jax.grad(lambda p: _rec_loss(frozen, p, ws, image, cfg, perc_target)[0])(params)
+def _reg_loss(frozen, params, key, cfg):
+    """L_R: reg_l2 * MSE + reg_lpips * LPIPS between G(w_r; θ') and G(w_r; θ0), mean over
+    `reg_samples` random w_r."""
+    ws_r = base.random_ws(frozen, key, cfg.reg_samples)
+    tuned = base.synthesize(frozen, ws_r, params)
+    orig = jax.lax.stop_gradient(base.synthesize(frozen, ws_r))
+    return jnp.mean(
+        cfg.reg_l2_weight * jnp.mean(jnp.square(tuned - orig), axis=(1, 2, 3))
+        + cfg.reg_lpips_weight * base.perceptual(frozen, tuned, orig, cfg.perceptual)
+    )
+
+
+def conv_grads(frozen, params, ws, image, cfg, perc_target=None, reg_key=None):
+    """g: {path: ∂L/∂θ} for the conv weights at `params` (stop-gradient); L = L_rec, plus
+    reg_weight * L_R on random latents drawn with `reg_key` when given (grad_reg)."""
+
+    def loss(p):
+        rec = _rec_loss(frozen, p, ws, image, cfg, perc_target)[0]
+        if reg_key is None:
+            return rec
+        return rec + cfg.reg_weight * _reg_loss(frozen, p, reg_key, cfg)
+
+    g = jax.grad(loss)(params)
     g = jax.lax.stop_gradient(g)
     return {"/".join(p): _get(g, p) for p in conv_paths(params)}
 
@@ -257,6 +281,15 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
     if _adam(cfg):
         state["moments"] = _moments(None, state["g"])
     return state
+
+
+def _grad_reg_key(key, cfg):
+    """The key of g_t's localization samples (grad_reg), or None: g_t is of L_rec alone."""
+    if not cfg.grad_reg or cfg.reg_weight <= 0:
+        return None
+    if not _iterative(cfg):
+        raise ValueError("gmm: grad_reg needs update_mode='iterative' (g_t at θ_t)")
+    return jax.random.fold_in(key, 1)
 
 
 def _adam(cfg) -> bool:
@@ -319,13 +352,7 @@ def step(state, frozen: base.Frozen, cfg):
             idl = frozen.id_loss(img, image[None])[0]
         reg = jnp.zeros((), jnp.float32)
         if cfg.reg_weight > 0:
-            ws_r = base.random_ws(frozen, kr, cfg.reg_samples)
-            tuned = base.synthesize(frozen, ws_r, theta)
-            orig = jax.lax.stop_gradient(base.synthesize(frozen, ws_r))
-            reg = jnp.mean(
-                cfg.reg_l2_weight * jnp.mean(jnp.square(tuned - orig), axis=(1, 2, 3))
-                + cfg.reg_lpips_weight * base.perceptual(frozen, tuned, orig, cfg.perceptual)
-            )
+            reg = _reg_loss(frozen, theta, kr, cfg)
         loss = rec + cfg.id_weight * idl + cfg.reg_weight * reg
         # drift: ||θ' - θ0|| / ||θ0|| of the conv weights this step used (diagnostic curve)
         # and grad_rel: ||g|| / ||θ0||, the size of the gradient the modules are fed
@@ -342,7 +369,9 @@ def step(state, frozen: base.Frozen, cfg):
     new = dict(state, t=state["t"] + 1, key=key, phi=phi, opt=opt)
     if cfg.recompute_g or _iterative(cfg):
         theta = tuned_params(phi.fast, current, fed, cfg, scale)
-        new["g"] = conv_grads(frozen, theta, ws, image, cfg, state["perc_target"])
+        new["g"] = conv_grads(
+            frozen, theta, ws, image, cfg, state["perc_target"], _grad_reg_key(key, cfg)
+        )
         if _iterative(cfg):
             new["theta"] = theta
         if _adam(cfg):
