@@ -33,6 +33,18 @@ def _value(text: str):
     return text
 
 
+def base_config(method: str, job_defaults: bool):
+    """The config a point's changes apply to: the method's defaults (its paper's), or the main
+    job's settings of it."""
+    from ganinv_jax import inversion as inv
+
+    if not job_defaults:
+        return inv.METHODS[method].default_config()
+    from repo_configs import get_config
+
+    return get_config("stylegan2")[method].copy_and_resolve_references()  # num_steps: per run
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", required=True)
@@ -56,6 +68,16 @@ def main():
     ap.add_argument("--pivot-steps", type=int, default=200)
     ap.add_argument("--steps-per-call", type=int, default=10)
     ap.add_argument("--reals", type=int, default=512)
+    ap.add_argument(
+        "--job-defaults",
+        action="store_true",
+        help="points over the main job's config of the method (configs/stylegan2.py)",
+    )
+    ap.add_argument(
+        "--drift",
+        action="store_true",
+        help="per point: MSE / LPIPS between base and tuned G on 16 random latents (tuning)",
+    )
     ap.add_argument("--out", default="")
     a = ap.parse_args()
 
@@ -113,11 +135,12 @@ def main():
         first_test_image=a.first,
         pivot_mse=per_set(pivot_mse),
         command=" ".join(sys.argv),
+        job_defaults=a.job_defaults,
         load_avg_at_start=os.getloadavg()[0],
         points=[],
     )
     for setting in settings:
-        cfg = inv.METHODS[a.method].default_config()
+        cfg = base_config(a.method, a.job_defaults)
         for k, v in setting.items():
             qt.set_value(cfg, k, v)
         cfg.num_steps = a.steps
@@ -143,9 +166,17 @@ def main():
             failed=int(np.sum(out["failed"])),
             wall_s=time.perf_counter() - t,
         )
+        if a.drift:  # the quality table's locality measure, over every image of the sweep
+            row["drift"] = qt.drift(frozen, a.method, out, cfg, range(len(images)))
         report["points"].append(row)
         print(
-            json.dumps({k: row[k] for k in list(setting) + ["mse", "pivot_over_mse", "failed"]}),
+            json.dumps(
+                {
+                    k: row[k]
+                    for k in [*setting, "mse", "pivot_over_mse", "failed", "drift"]
+                    if k in row
+                }
+            ),
             flush=True,
         )
         if a.out:  # partial results survive an interrupted sweep
