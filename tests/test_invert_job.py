@@ -634,6 +634,22 @@ def test_pivot_projection_uses_the_jobs_latent_opt_loss(gen_dir):
     assert invert.pivot_config(config, has_encoder=False).initial_noise_factor > 0
 
 
+def test_latent_opt_from_an_encoder_has_no_noise_ramp(gen_dir):
+    # as the pivot: latent_opt started at an encoder keeps its head start; from the mean w
+    # (and for the other methods) the method's config is config.<method> as given
+    config = support.job_config(gen_dir, method="latent_opt")
+    lo = methods.get("latent_opt")
+    assert invert.method_run_config(config, lo, "encoder").initial_noise_factor == 0.0
+    assert (
+        invert.method_run_config(config, lo, "mean_w").initial_noise_factor
+        == (config.latent_opt.initial_noise_factor)
+        > 0
+    )
+    pti = support.job_config(gen_dir, method="pti")
+    got = invert.method_run_config(pti, methods.get("pti"), "latent_opt")
+    assert got.lr == pti.pti.lr and got.num_steps == pti.steps
+
+
 @needs_fmnist
 def test_clone_reals_default_to_the_default_models_training_split(gen_dir):
     from ganinv_jax import data as data_lib
