@@ -188,6 +188,16 @@ def run_method(name, frozen, images, ids, init, cfg, steps, strategy, steps_per_
     return out
 
 
+def method_config(name: str, job_defaults: bool):
+    """A tuning method's config: its own defaults (its paper's), or with `job_defaults` the
+    main job's settings of it (configs/stylegan2.py). num_steps is the caller's to set."""
+    if not job_defaults:
+        return inv.METHODS[name].default_config()
+    from repo_configs import get_config
+
+    return get_config("stylegan2")[name].copy_and_resolve_references()
+
+
 def set_value(cfg, key: str, value) -> None:
     """cfg[key] = value (command-line text or a number) cast to the type of the default:
     booleans from 1/true, tuples from 'a:b' (e.g. betas=0.9:0.999). Unknown keys fail."""
@@ -242,13 +252,8 @@ def main():
     cfgs = {m: inv.METHODS[m].default_config() for m in inv.METHODS}
     cfgs["latent_opt"].num_steps = steps["latent_opt"]
     cfgs["latent_opt"].initial_noise_factor = 0.0 if encode else 0.05
-    if a.job_defaults:
-        from repo_configs import get_config
-
-        job = get_config("stylegan2")
-        for m in ("pti", "clone", "gmm"):
-            cfgs[m] = job[m]
     for m in ("pti", "clone", "gmm"):
+        cfgs[m] = method_config(m, a.job_defaults)
         cfgs[m].num_steps = steps[m]
     for kv in a.set:
         name, value = kv.split("=", 1)

@@ -33,18 +33,6 @@ def _value(text: str):
     return text
 
 
-def base_config(method: str, job_defaults: bool):
-    """The config a point's changes apply to: the method's defaults (its paper's), or the main
-    job's settings of it."""
-    from ganinv_jax import inversion as inv
-
-    if not job_defaults:
-        return inv.METHODS[method].default_config()
-    from repo_configs import get_config
-
-    return get_config("stylegan2")[method].copy_and_resolve_references()  # num_steps: per run
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", required=True)
@@ -140,7 +128,7 @@ def main():
         points=[],
     )
     for setting in settings:
-        cfg = base_config(a.method, a.job_defaults)
+        cfg = qt.method_config(a.method, a.job_defaults)
         for k, v in setting.items():
             qt.set_value(cfg, k, v)
         cfg.num_steps = a.steps
