@@ -310,10 +310,13 @@ def lr_ramp(t: Array, num_steps: int, rampup: float, rampdown: float) -> Array:
     return ramp * jnp.minimum(1.0, frac / max(rampup, 1e-8)) if rampup > 0 else ramp
 
 
-def tuning_lr(lr: float, num_steps: int, rampdown: float):
-    """A tuning method's generator learning rate: constant (the papers), or with `lr_ramp`'s
-    cosine ramp-down over the last `rampdown` fraction of `num_steps` (> 0: a per-image overfit
-    settles into its minimum instead of ending on Adam's constant-lr noise floor)."""
-    if rampdown <= 0:
+def tuning_lr(lr: float, num_steps: int, rampdown: float, rampup: float = 0.0):
+    """A tuning method's generator learning rate: constant (the papers), or shaped by
+    `lr_ramp`: a cosine ramp-down over the last `rampdown` fraction of `num_steps` (> 0: a
+    per-image overfit settles into its minimum instead of ending on Adam's constant-lr noise
+    floor) and a linear ramp-up over the first `rampup` fraction (> 0: Adam's first steps are
+    ~lr * sign(g) on EVERY weight, a kick that lifts a good pivot's error several-fold before
+    the moments are estimated; the ramp-up makes those steps small)."""
+    if rampdown <= 0 and rampup <= 0:
         return lr
-    return lambda count: lr * lr_ramp(count, num_steps, 0.0, rampdown)
+    return lambda count: lr * lr_ramp(count, num_steps, rampup, rampdown)

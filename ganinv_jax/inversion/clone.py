@@ -69,6 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.global_weight = 1.0  # 0 switches L_global (and D's R1) off: an ablation, not the paper
     c.lr = 0.002
     c.lr_rampdown = 0.0  # > 0: cosine ramp-down of G's lr over this last fraction (not the paper)
+    c.lr_rampup = 0.0  # > 0: linear ramp-up of G's lr over this first fraction (not the paper)
     c.betas = (0.0, 0.99)
     c.r1_gamma = 10.0
     c.r1_interval = 16
@@ -83,7 +84,7 @@ def _txs(cfg, arch=None):
     )
     return (
         optax.adam(
-            base.tuning_lr(cfg.lr, cfg.num_steps, cfg.lr_rampdown),
+            base.tuning_lr(cfg.lr, cfg.num_steps, cfg.lr_rampdown, cfg.lr_rampup),
             b1=cfg.betas[0],
             b2=cfg.betas[1],
             eps=1e-8,

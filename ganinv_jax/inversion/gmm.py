@@ -34,9 +34,10 @@ The paper reads two ways, and both are switches (`update_mode`).
     forward/backward per step for g_{t+1}; θ_t per image in the state, like PTI). Its `tuned`
     is θ - θ0, as PTI's. With `grad_norm='adam'` the modules are fed Adam's per-weight direction
     of the g_t instead of g_t (an identity module is then an Adam step of size out_scale; not the
-    paper, which feeds raw gradients), `out_rampdown` ramps out_scale down at the end, and
-    `grad_reg` makes g_t the gradient of L_rec + reg_weight L_R (the localization term then
-    moves θ itself; with g_t of L_rec alone it reaches θ only through φ).
+    paper, which feeds raw gradients), `out_rampup` / `out_rampdown` ramp out_scale up at the
+    start / down at the end, and `grad_reg` makes g_t the gradient of L_rec + reg_weight L_R
+    (the localization term then moves θ itself; with g_t of L_rec alone it reaches θ only
+    through φ).
 Ours: the paper's lr was lost — we use Ranger's default 1e-3; the loss weights of its Table 1 were
 lost — defaults 1/1/0 (L2/LPIPS/ID) and reg_weight 1 with PTI's inner weights; biases, affine
 layers, noise strengths and the const input are not modulated (only conv weights, like
@@ -77,6 +78,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.grad_reg = False  # iterative: g_t = ∂(L_rec + reg_weight L_R)/∂θ_t, so the localization
     # term moves θ directly, not only through φ (not the paper: its g is of L_rec)
     c.out_rampdown = 0.0  # iterative: > 0 ramps out_scale down (cosine) over this last fraction
+    c.out_rampup = 0.0  # iterative: > 0 ramps out_scale up (linear) over this first fraction
     c.update_mode = "once"  # 'once' (abstract: θ' = θ0 + M_φ(g0), one application to θ0) |
     # 'iterative' (conclusion: θ_{t+1} = θ_t + M_φ(g_t), g_t at θ_t; see the module docstring)
     c.l2_weight = 1.0
@@ -205,13 +207,15 @@ def tuned_params(phi, theta0, grads, cfg, out_scale=None):
 
 
 def _out_scale(t, cfg):
-    """Step t's out_scale: constant, or (iterative, out_rampdown > 0) ramped down like
-    latent_opt's lr, so the last steps settle instead of ending on the step's noise floor."""
-    if cfg.out_rampdown <= 0:
+    """Step t's out_scale: constant, or (iterative) shaped like latent_opt's lr: a linear
+    ramp-up over the first `out_rampup` fraction (the first Adam-direction steps are ~sign(g)
+    on every weight) and a cosine ramp-down over the last `out_rampdown` (the last steps settle
+    instead of ending on the step's noise floor)."""
+    if cfg.out_rampdown <= 0 and cfg.out_rampup <= 0:
         return cfg.out_scale
     if not _iterative(cfg):
-        raise ValueError("gmm: out_rampdown needs update_mode='iterative' (a step schedule)")
-    return cfg.out_scale * base.lr_ramp(t, cfg.num_steps, 0.0, cfg.out_rampdown)
+        raise ValueError("gmm: out_rampup/out_rampdown need update_mode='iterative' (a schedule)")
+    return cfg.out_scale * base.lr_ramp(t, cfg.num_steps, cfg.out_rampup, cfg.out_rampdown)
 
 
 # ----------------------------------------------------------------------------- losses

@@ -34,6 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_steps = 350
     c.lr = 3e-4
     c.lr_rampdown = 0.0  # > 0: cosine ramp-down of lr over this last fraction (not the paper)
+    c.lr_rampup = 0.0  # > 0: linear ramp-up of lr over this first fraction (not the paper)
     c.l2_weight = 1.0
     c.lpips_weight = 1.0
     c.perceptual = "lpips"  # 'lpips' | 'pooled_l2' | 'none'
@@ -53,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _tx(cfg):
-    return optax.adam(base.tuning_lr(cfg.lr, cfg.num_steps, cfg.lr_rampdown))
+    return optax.adam(base.tuning_lr(cfg.lr, cfg.num_steps, cfg.lr_rampdown, cfg.lr_rampup))
 
 
 def init(key, image, frozen: base.Frozen, init_latent, cfg):
