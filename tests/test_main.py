@@ -68,10 +68,13 @@ def test_config_contract():
 
     assert c.latent_opt.initial_lr == latent_opt.default_config().initial_lr
     assert "num_steps" not in c.latent_opt  # config.steps is the one source of truth
-    # the job's PTI departures (documented in the config): lr 1e-2 ramped down over the last
-    # half, around a W+ pivot; the paper's constant 3e-4 stays the method's default
+    # the job's PTI departures (documented in the config): lr 1e-2 ramped up over the first
+    # 10% and down over the last half, around a W+ pivot; the paper's constant 3e-4 stays the
+    # method's default
     assert c.pti.lr == 1e-2 and c.pti.lr_rampdown == 0.5 and c.init_space == "w+"
-    assert pti.default_config().lr == 3e-4 and pti.default_config().lr_rampdown == 0
+    assert c.pti.lr_rampup == 0.1 and c.clone.lr_rampup == 0.1 and c.gmm.out_rampup == 0.1
+    paper = pti.default_config()
+    assert paper.lr == 3e-4 and paper.lr_rampdown == 0 and paper.lr_rampup == 0
     assert c.pti.reg_weight == pti.default_config().reg_weight
     assert load_config("tiny").steps < c.steps
     assert c.sample.num > 0  # task 'sample' keeps working
