@@ -262,6 +262,13 @@ def cache_target(frozen: Frozen, target: Array, kind: str, enabled: bool) -> Opt
     return perceptual_target(frozen, target, kind) if enabled else None
 
 
+def weighted(weight: float, term: Array) -> Array | float:
+    """weight * term for a loss; a weight of 0 leaves the term out of the loss, so a term that
+    is only reported (e.g. LPIPS as a metric) costs its forward pass, not a backward pass that
+    autodiff would run and multiply by 0."""
+    return weight * term if weight else 0.0
+
+
 def perceptual_to_image(
     frozen: Frozen, x: Array, target: Array, cached: Optional[PyTree], kind: str
 ) -> Array:

@@ -225,7 +225,7 @@ def _rec_loss(frozen, params, ws, image, cfg, perc_target=None):
     img = base.synthesize(frozen, ws[None], params)
     l2 = jnp.mean(jnp.square(img - image[None]))
     lp = base.perceptual_to_image(frozen, img, image[None], perc_target, cfg.perceptual)[0]
-    return cfg.l2_weight * l2 + cfg.lpips_weight * lp, (img, l2, lp)
+    return cfg.l2_weight * l2 + base.weighted(cfg.lpips_weight, lp), (img, l2, lp)
 
 
 def _reg_loss(frozen, params, key, cfg):

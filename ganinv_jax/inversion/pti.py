@@ -99,7 +99,7 @@ def step(state, frozen: base.Frozen, cfg):
         img = base.synthesize(frozen, state["ws"][None], params)
         l2 = jnp.mean(jnp.square(img - target))
         lp = base.perceptual_to_image(frozen, img, target, state["perc_target"], cfg.perceptual)[0]
-        loss = cfg.l2_weight * l2 + cfg.lpips_weight * lp
+        loss = cfg.l2_weight * l2 + base.weighted(cfg.lpips_weight, lp)
         reg = jnp.zeros((), jnp.float32)
         if cfg.reg_weight > 0:
             ws_r = locality_latents(frozen, kr, state["ws"], cfg.reg_samples, cfg.reg_alpha)
