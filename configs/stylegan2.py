@@ -102,7 +102,8 @@ def get_config(variant: str = ""):
     # PTI: lr 1e-2 with a cosine ramp-down over the last half, around a W+ pivot (init_space
     # above): 5.9x below the pivot's MSE (lr 3e-3 constant: 5.1x; 1e-2 constant: 3.9x; the
     # paper's 3e-4 around a W pivot ends above latent_opt). Paper: --config.pti.lr=3e-4
-    # --config.pti.lr_rampdown=0 --config.init_space=w --config.pti.reg_samples=1. The
+    # --config.pti.lr_rampdown=0 --config.pti.lr_rampup=0 --config.pti.lpips_weight=1
+    # --config.init_space=w --config.pti.reg_samples=1. The
     # locality term is averaged over 4 latents per step (PTI: 1): the 1-sample gradient's
     # noise, which Adam turns into a step on every weight, cost both drift and MSE (1 sample:
     # drift 0.0117, 5.9x; 4: 0.0085, 7.0x; lr 5e-3 / 3e-3 with 1: 0.0049 / 0.0022, 5.3x / 4.7x).
@@ -121,9 +122,10 @@ def get_config(variant: str = ""):
     # weight by 1e-2 and raises the MSE 10x; through the job, 2 of 16 test images did not
     # recover: 1.13x latent_opt in all. Without the GAN terms: 3.4x.) Paper:
     # --config.clone.p=0.25 --config.clone.lam=10 --config.clone.global_weight=1
-    # --config.clone.lr=0.002 --config.clone.betas="(0.0, 0.99)". With a 10% lr ramp-up
-    # (round 5) the first steps no longer lift the MSE to 1.9x the pivot's (worst point 1.2x);
-    # the end is unchanged on the 4 images (3.9x vs 4.0x; 20%: 3.1x; lr 1e-2 + ramp-up: 4.3x).
+    # --config.clone.lr=0.002 --config.clone.betas="(0.0, 0.99)" --config.clone.lr_rampup=0.
+    # With a 10% lr ramp-up (round 5) the first steps no longer lift the MSE to 1.9x the
+    # pivot's (worst point 1.2x); the end is unchanged on the 4 images (3.9x vs 4.0x; 20%:
+    # 3.1x; lr 1e-2 + ramp-up: 4.3x).
     config.clone.update(
         p=1.0, lam=0.1, global_weight=0.01, lr=3e-3, lr_rampup=0.1, betas=(0.9, 0.999)
     )
@@ -136,7 +138,8 @@ def get_config(variant: str = ""):
     # The step ramps up linearly over the first 10% (round 5): 8.4x at drift 0.0062, the first
     # Adam-direction steps no longer lift the MSE to 1.9x the pivot's.
     # The paper's one-shot form: --config.gmm.update_mode=once --config.gmm.grad_norm=none
-    # --config.gmm.out_scale=1 --config.gmm.grad_reg=False --config.gmm.reg_samples=1.
+    # --config.gmm.out_scale=1 --config.gmm.grad_reg=False --config.gmm.reg_samples=1
+    # --config.gmm.out_rampup=0.
     config.gmm.update(
         update_mode="iterative",
         grad_norm="adam",

@@ -446,6 +446,7 @@ def test_edit_task_bad_input_one_line_before_any_output(tmp_path, gen_dir, inv_l
                 gmm__update_mode="once",
                 gmm__grad_norm="none",
                 gmm__out_scale=1.0,
+                gmm__out_rampup=0.0,
             ),
         ),
         # GMM as the job runs it (update_mode 'iterative'): the synthesis delta is saved

@@ -183,7 +183,7 @@ def test_gmm_grad_reg_feeds_the_gradient_of_reconstruction_plus_localization(set
         gmm._grad_reg_key(reg_key, c)
 
 
-def test_step_size_ramps():
+def test_step_size_ramps(setup):
     # PTI's / Clone's lr_rampdown and GMM's out_rampdown: latent_opt's cosine ramp-down over the
     # last fraction of num_steps (full size before it, half way through it, ~0 at the end);
     # lr_rampup / out_rampup: a linear ramp-up over the first fraction (0 at step 0, then ~t)
@@ -201,6 +201,9 @@ def test_step_size_ramps():
     c.update_mode = "once"
     with pytest.raises(ValueError, match="out_rampup/out_rampdown need update_mode='iterative'"):
         gmm._out_scale(0, c)
+    fr, imgs = setup  # ... and a run with it fails at init, before any work
+    with pytest.raises(ValueError, match="out_rampup/out_rampdown need update_mode='iterative'"):
+        gmm.init(jax.random.key(0), jnp.asarray(imgs[2]), fr, base.mean_latent(fr), c)
 
 
 @pytest.fixture(scope="module")

@@ -264,7 +264,9 @@ def _tx(cfg):
 def init(key, image, frozen: base.Frozen, init_latent, cfg):
     theta0 = frozen.arch.tunable(frozen.g["params"])
     ws = frozen.arch.check_latent(init_latent)
-    _grad_reg_key(key, cfg)  # fails here, not silently: grad_reg needs update_mode='iterative'
+    # fail here, not silently or mid-run: grad_reg and the step ramps need update_mode='iterative'
+    _grad_reg_key(key, cfg)
+    _out_scale(0, cfg)
     key, kphi = jax.random.split(key)
     widths = sorted({_get(theta0, p).shape[2] for p in conv_paths(theta0)})
     keys = jax.random.split(kphi, len(widths))
