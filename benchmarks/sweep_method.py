@@ -54,6 +54,14 @@ def main():
     ap.add_argument("--ood", type=int, default=2)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--pivot-steps", type=int, default=200)
+    ap.add_argument(
+        "--pivot",
+        choices=("table", "job"),
+        default="table",
+        help="table: latent_opt's own defaults (MSE + LPIPS) from InvGAN's w-head, as the "
+        "quality table; job: the main job's pivot (its latent_opt config, MSE alone, from the "
+        "shipped paper-000 encoder, no noise ramp)",
+    )
     ap.add_argument("--steps-per-call", type=int, default=10)
     ap.add_argument("--reals", type=int, default=512)
     ap.add_argument(
@@ -95,10 +103,21 @@ def main():
     def final_mse(recon):  # the table's metric: [0, 1] images, reconstruction clipped
         return qt.quality(frozen, images, recon)["mse"]
 
-    start = inv.init_latents.from_encoder(encode, images, frozen) if encode else None
     lo_cfg = inv.METHODS["latent_opt"].default_config()
     lo_cfg.num_steps = a.pivot_steps
     lo_cfg.initial_noise_factor = 0.0 if encode else 0.05
+    if a.pivot == "job":  # the invert job's own pivot: its encoder, its projection config
+        from repo_configs import get_config
+
+        from ganinv_jax import pretrained
+        from ganinv_jax.jobs import invert as invert_job
+
+        gan, enc = pretrained.load("default"), pretrained.load_encoder("default")
+        encode = lambda x: enc.encode_ws(x, gan)  # noqa: E731
+        job = get_config("stylegan2")
+        job.steps = a.pivot_steps
+        lo_cfg = invert_job.pivot_config(job, has_encoder=True)
+    start = inv.init_latents.from_encoder(encode, images, frozen) if encode else None
     lo = qt.run_method(
         "latent_opt", frozen, images, ids, start, lo_cfg, a.pivot_steps, "auto", a.steps_per_call
     )
@@ -119,6 +138,7 @@ def main():
         generator=g_name,
         steps=a.steps,
         pivot_steps=a.pivot_steps,
+        pivot=a.pivot,
         sets={k: int(len(v)) for k, v in sets.items()},
         first_test_image=a.first,
         pivot_mse=per_set(pivot_mse),
