@@ -13,22 +13,14 @@ if os.environ.get("GANINV_TEST_XLA_OPT") != "1":
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     ).strip()
-import pathlib  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-# One persistent XLA compilation cache for every process of a test run: the two xdist workers
-# and the subprocesses the job / launch / preemption tests start (they inherit it through the
-# environment) otherwise each compile the same tiny programs again. Entries are keyed by the
-# program, the flags and the jax version, so a stale one is never used.
-# GANINV_TEST_COMPILE_CACHE=0 turns it off.
-if os.environ.get("GANINV_TEST_COMPILE_CACHE") != "0":
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "xla"))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
+
+import pathlib  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def fixtures_dir() -> pathlib.Path:
