@@ -25,6 +25,8 @@ import numpy as np
 
 
 def _value(text: str):
+    if text in ("True", "False"):
+        return text == "True"
     for cast in (int, float):
         try:
             return cast(text)

@@ -102,6 +102,34 @@ def test_clone_local_loss_is_recon_plus_lambda_adv(setup):
     np.testing.assert_allclose(off, aux["g_global"], rtol=1e-6)
 
 
+def test_clone_recon_loss_switch(setup):
+    """L_recon: the paper's Laplacian-pyramid L1 by default, the MSE with recon_loss='mse'; an
+    unknown name fails with one line that names the key."""
+    imgs = jnp.asarray(setup[1])
+    cc = clone.default_config()
+    got = clone.recon_loss(imgs[2], imgs[3], cc)
+    want = clone.pyramid.laplacian_pyramid_l1(imgs[2:3], imgs[3:4], cc.pyramid_levels)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    got_mse = clone.recon_loss(imgs[2], imgs[3], _Cfg(cc, recon_loss="mse"))
+    np.testing.assert_allclose(got_mse, np.mean((setup[1][2] - setup[1][3]) ** 2), rtol=1e-5)
+    with pytest.raises(ValueError, match="recon_loss"):
+        clone.recon_loss(imgs[2], imgs[3], _Cfg(cc, recon_loss="l1"))
+
+
+def test_clone_tune_mapping_off_moves_only_the_synthesis(setup):
+    """tune_mapping=False: the mapping's gradients are zeroed, and Adam (G's optimizer) then
+    leaves it exactly where it was while the synthesis moves."""
+    fr = setup[0]
+    params = fr.g["params"]
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    kept = clone.tunable_grads_only(grads, fr.arch)
+    tx = clone._txs(clone.default_config(), fr.arch)[0]
+    up, _ = tx.update(kept, tx.init(params), params)
+    for leaf in jax.tree_util.tree_leaves(up["mapping"]):
+        np.testing.assert_array_equal(leaf, 0.0)
+    assert all(np.abs(x).min() > 0 for x in jax.tree_util.tree_leaves(up["synthesis"]))
+
+
 class _Cfg(dict):
     """Attribute-access view of a config with overrides (jit traces it as a constant)."""
 

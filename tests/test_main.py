@@ -64,6 +64,7 @@ def test_config_contract():
         for part in key.split("."):
             node = node[part]
     assert c.generator == "default" and c.method == "latent_opt" and c.init == "auto"
+    assert c.keep_best is True  # a tuning method never ends above its pivot (engine guard)
     from ganinv_jax.inversion import latent_opt, pti
 
     assert c.latent_opt.initial_lr == latent_opt.default_config().initial_lr

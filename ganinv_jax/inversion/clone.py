@@ -4,6 +4,7 @@ Start from a latent w (W+; given by an encoder or latent optimization: Algorithm
 stays fixed; copies of G and D are tweaked. Every step t:
   u ~ U[0, 1); local = u < p
   L_recon     = Laplacian-pyramid L1 (sum over levels of mean |L_k(x) - L_k(G(w))|)
+                (`recon_loss='mse'`: the MSE instead -- not the paper)
   L_adv_local = log D(x) + log(1 - D(G(w)))
   L_local     = L_recon + λ L_adv_local        if local else 0
   L_global    = the GAN's own StyleGAN2 loss on real samples and fresh z
@@ -28,7 +29,8 @@ Our choices (the paper is silent or defers to its supplement):
     `mbstd_group_size` (default 3 + 1 = 4). R1 is taken on that real batch.
   * lr: both G and D use StyleGAN2's training Adam (lr 0.002, betas (0, 0.99), eps 1e-8) — the
     global term IS the pretrained GAN's training, so its own optimizer settings keep it stable;
-    D's lr/betas get the lazy-R1 correction.
+    D's lr/betas get the lazy-R1 correction. D's are their own keys (`d_lr`, `d_betas`), so a
+    job that speeds G's per-image step up does not speed D's game up with it.
   * The whole G (mapping + synthesis) is tuned (L_global samples z through the mapping); fakes use
     random noise, the reconstruction uses constant noise. `tuned` in the result is the delta of G's
     params against the frozen base (the tuned D is kept in the state only).
@@ -64,6 +66,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.lam = 10.0  # λ (20 for horses)
     c.eps = 1e-3  # stop when L_recon < eps
     c.pyramid_levels = 5
+    c.recon_loss = "pyramid_l1"  # L_recon: 'pyramid_l1' (paper) | 'mse' (not the paper; eps
+    # then thresholds the MSE)
     c.g_adv_local = "minimax"  # 'minimax' (paper's log(1 - D)) | 'nonsaturating'
     c.global_batch = 3
     c.global_weight = 1.0  # 0 switches L_global (and D's R1) off: an ablation, not the paper
@@ -71,6 +75,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.lr_rampdown = 0.0  # > 0: cosine ramp-down of G's lr over this last fraction (not the paper)
     c.lr_rampup = 0.0  # > 0: linear ramp-up of G's lr over this first fraction (not the paper)
     c.betas = (0.0, 0.99)
+    c.d_lr = 0.002  # D's Adam: StyleGAN2's training settings (the paper: as G's), kept apart
+    c.d_betas = (0.0, 0.99)  # so that a faster per-image G step does not speed D's game up
+    c.tune_mapping = True  # False: only the synthesis network is tuned (StyleGAN2; not the
+    # paper): the mapping is reached by L_global alone, which Adam steps at the full lr
     c.r1_gamma = 10.0
     c.r1_interval = 16
     return c
@@ -80,7 +88,7 @@ def _txs(cfg, arch=None):
     # the lazy-R1 correction belongs to StyleGAN2's loss (its R1 runs every r1_interval steps)
     lazy = arch is None or arch.gan_loss == "stylegan2"
     d_lr, d_betas = gan_losses.lazy_adam_hparams(
-        cfg.lr, tuple(cfg.betas), cfg.r1_interval if lazy else None
+        cfg.d_lr, tuple(cfg.d_betas), cfg.r1_interval if lazy else None
     )
     return (
         optax.adam(
@@ -141,6 +149,15 @@ def g_local_adv(fake_logit, kind: str):
     raise ValueError(f"clone: g_adv_local must be 'minimax' or 'nonsaturating', got {kind!r}")
 
 
+def recon_loss(image, recon, cfg):
+    """L_recon of one image: the paper's Laplacian-pyramid L1, or (recon_loss='mse') the MSE."""
+    if cfg.recon_loss == "pyramid_l1":
+        return pyramid.laplacian_pyramid_l1(image[None], recon[None], cfg.pyramid_levels)[0]
+    if cfg.recon_loss == "mse":
+        return base.mse1(recon, image)
+    raise ValueError(f"clone: recon_loss must be 'pyramid_l1' or 'mse', got {cfg.recon_loss!r}")
+
+
 def g_loss(g_params, d_params, frozen, ws, image, local, z, noise_key, cfg):
     """G's side of L = 1_p[L_recon + λ L_adv_local] + L_global. Returns (loss, aux)."""
     x_star = base.synthesize(frozen, ws[None], g_params)
@@ -152,7 +169,7 @@ def g_loss(g_params, d_params, frozen, ws, image, local, z, noise_key, cfg):
         rng=noise_key,
     )
     logits = base.discriminate(frozen, jnp.concatenate([x_star, fakes]), d_params)
-    recon = pyramid.laplacian_pyramid_l1(image[None], x_star, cfg.pyramid_levels)[0]
+    recon = recon_loss(image, x_star[0], cfg)
     local_loss = recon + cfg.lam * g_local_adv(logits[0], cfg.g_adv_local)
     global_loss = g_global_loss(frozen.arch, logits[1:])
     loss = jnp.where(local, local_loss, 0.0) + cfg.global_weight * global_loss
@@ -245,6 +262,16 @@ def d_loss(d_params, frozen, image, x_star, fakes, reals, local, t, cfg, key=Non
     return loss, dict(d_global=global_loss, d_local=local_loss, r1=r1, logit_target=real_logits[0])
 
 
+def tunable_grads_only(g_grads, arch):
+    """G's gradients with every leaf outside `arch.tunable` (StyleGAN2: the mapping) zeroed; a
+    zero gradient is a zero Adam step (its moments stay 0), so only the tunable sub-tree moves.
+    Architectures that tune all of G are returned unchanged."""
+    if arch.tunable_key is None:
+        return g_grads
+    zero = lambda t: jax.tree_util.tree_map(jnp.zeros_like, t)  # noqa: E731
+    return {k: v if k == arch.tunable_key else zero(v) for k, v in g_grads.items()}
+
+
 def step(state, frozen: base.Frozen, cfg):
     key, ku, kz, kn, kr = jax.random.split(state["key"], 5)
     local = local_indicator(ku, cfg.p)
@@ -267,6 +294,8 @@ def step(state, frozen: base.Frozen, cfg):
         cfg,
         key=None if frozen.arch.gan_loss == "stylegan2" else jax.random.fold_in(kr, 1),
     )
+    if not cfg.tune_mapping:
+        g_grads = tunable_grads_only(g_grads, frozen.arch)
     g_up, g_opt = tx_g.update(g_grads, state["g_opt"], state["g"])
     d_up, d_opt = tx_d.update(d_grads, state["d_opt"], state["d"])
     new = dict(

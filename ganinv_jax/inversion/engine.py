@@ -34,6 +34,7 @@ Result keys (numpy arrays, leading axis B in input order):
   converged   [B] bool            the method's stop criterion was met
   failed      [B] bool            a step produced NaN/Inf (state kept from the last finite step)
   metrics     dict of [B]         the metrics of each image's last step
+  best_mse, best_step [B]         with keep_best=True: the kept state's recon MSE and step
   history     dict of [C, B]      the same metrics after each of the C compiled calls (a
                                   convergence curve at K-step resolution; a stopped image repeats
                                   its last value), with history_steps [C] = steps done per call
@@ -103,21 +104,48 @@ def _metric_zeros(method, state, frozen, cfg):
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
 
 
-def _per_image_init(method, cfg):
+def _recon_mse(method, state, frozen, cfg, target):
+    """MSE of the reconstruction `method.result` makes from `state` against the target."""
+    return base.mse1(method.result(state, frozen, cfg)["recon"], target)
+
+
+def _per_image_init(method, cfg, keep_best: bool):
     def init_one(key, image, latent, active, frozen):
         state = method.init(key, image, frozen, latent, cfg)
-        return dict(
+        carry = dict(
             state=state,
             done=~active,
             failed=jnp.asarray(False),
             iters=jnp.asarray(0, jnp.int32),
             metrics=_metric_zeros(method, state, frozen, cfg),
         )
+        if keep_best:  # the start (the pivot) is the first candidate
+            carry.update(
+                target=image,
+                best=state,
+                best_mse=_recon_mse(method, state, frozen, cfg, image),
+                best_step=jnp.asarray(0, jnp.int32),
+            )
+        return carry
 
     return init_one
 
 
-def _per_image_run(method, cfg, k: int, skip_inactive: bool):
+def _keep_best(method, cfg, c, frozen):
+    """After a compiled call: if the current state reconstructs the target better than the best
+    kept so far, it becomes the best (an exact MSE of `result`'s recon, one forward pass per
+    image per call: a method's own `mse` metric may be of another iterate, e.g. GMM's)."""
+    mse = _recon_mse(method, c["state"], frozen, cfg, c["target"])
+    better = jnp.isfinite(mse) & (mse < c["best_mse"])
+    return dict(
+        c,
+        best=base.tree_where(better, c["state"], c["best"]),
+        best_mse=jnp.where(better, mse, c["best_mse"]),
+        best_step=jnp.where(better, c["iters"], c["best_step"]),
+    )
+
+
+def _per_image_run(method, cfg, k: int, skip_inactive: bool, keep_best: bool):
     """One image's K-step scan. skip_inactive: a `lax.cond` skips the step of a stopped image
     (the 'map' strategy: a real branch). Under `vmap` a cond with a per-image predicate becomes a
     select that also batches every operand its branches close over -- the frozen G and LPIPS
@@ -142,6 +170,7 @@ def _per_image_run(method, cfg, k: int, skip_inactive: bool):
             lambda n, o: o if n is o else jnp.where(keep, n, o), state, c["state"]
         )
         return dict(
+            c,
             state=state,
             done=jnp.where(
                 active, ok & jnp.asarray(method.converged(metrics, cfg), bool), c["done"]
@@ -158,14 +187,15 @@ def _per_image_run(method, cfg, k: int, skip_inactive: bool):
                 return lax.cond(active, lambda c: step_one(c, frozen, True), lambda c: c, c), None
             return step_one(c, frozen, active), None
 
-        return lax.scan(body, c, jnp.arange(k))[0]
+        c = lax.scan(body, c, jnp.arange(k))[0]
+        return _keep_best(method, cfg, c, frozen) if keep_best else c
 
     return run_one
 
 
-def _per_image_result(method, cfg):
+def _per_image_result(method, cfg, keep_best: bool):
     def result_one(c, frozen):
-        return method.result(c["state"], frozen, cfg)
+        return method.result(c["best"] if keep_best else c["state"], frozen, cfg)
 
     return result_one
 
@@ -188,6 +218,7 @@ def _compiled(
     mesh: jax.sharding.Mesh,
     compiler_options: Optional[tuple] = None,
     conv_impl: str = "auto",
+    keep_best: bool = False,
 ):
     """jit(shard_map(batched per-image fns)) for init / run / result (cached per signature;
     `conv_impl`, the `ops.conv` form in force, is part of it: a jit traced under one form keeps
@@ -196,11 +227,11 @@ def _compiled(
     repl = shd.replicated(mesh)
     sm = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
     jit = functools.partial(jax.jit, compiler_options=dict(compiler_options or ()) or None)
-    init_b = _batched(_per_image_init(method, cfg), strategy, chunk_size)
+    init_b = _batched(_per_image_init(method, cfg, keep_best), strategy, chunk_size)
     run_b = _batched(
-        _per_image_run(method, cfg, k, skip_inactive=strategy == "map"), strategy, chunk_size
+        _per_image_run(method, cfg, k, strategy == "map", keep_best), strategy, chunk_size
     )
-    res_b = _batched(_per_image_result(method, cfg), strategy, chunk_size)
+    res_b = _batched(_per_image_result(method, cfg, keep_best), strategy, chunk_size)
 
     def init_local(keys, images, latents, active, frozen):
         return init_b(frozen, keys, images, latents, active)
@@ -247,6 +278,7 @@ def invert_batch(
     devices: Optional[Sequence[Any]] = None,
     stop_early: bool = True,
     compiler_options: Optional[dict] = None,
+    keep_best: bool = False,
 ) -> dict:
     """Inverts images [B,H,W,C] in [-1,1] (ids [B] int) with `method`; see the module docstring
     for the result keys.
@@ -262,6 +294,11 @@ def invert_batch(
     stop_early: stop calling once every image has converged or failed.
     compiler_options: XLA options for the compiled calls (e.g. tests use
       {'xla_backend_optimization_level': 0} to halve CPU compile time).
+    keep_best: return, per image, the state whose reconstruction had the lowest MSE to the
+      image among the start and the ends of the compiled calls (every `steps_per_call` steps)
+      instead of the last one: a tuning run never ends above its pivot's error. Costs a second
+      copy of each image's state and one forward pass per image per call. Adds `best_mse`
+      ([-1, 1] images) and `best_step` (steps taken when it was kept) to the result.
     """
     cfg = method.default_config() if cfg is None else cfg
     fcfg = _freeze_cfg(cfg)
@@ -299,6 +336,7 @@ def invert_batch(
         mesh,
         tuple(sorted((compiler_options or {}).items())),
         conv_ops.resolve_impl(),
+        bool(keep_best),
     )
 
     data, repl = shd.batch_sharding(mesh), shd.replicated(mesh)
@@ -326,6 +364,8 @@ def invert_batch(
         failed=carry["failed"],
         metrics=carry["metrics"],
     )
+    if keep_best:
+        out.update(best_mse=carry["best_mse"], best_step=carry["best_step"])
     out = jax.tree_util.tree_map(lambda x: np.asarray(x)[:b], jax.device_get(out))
     out["history"] = (
         jax.tree_util.tree_map(lambda *xs: np.stack(xs)[:, :b], *history) if history else {}

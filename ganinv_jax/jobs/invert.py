@@ -538,6 +538,7 @@ def invert_local(ctx: Context, ids: Sequence[int], loaded: Optional[list] = None
         steps=int(ctx.config.steps) if "num_steps" in ctx.mcfg else 0,  # 'encoder': none
         steps_per_call=int(ctx.config.steps_per_call),
         devices=ctx.devices,
+        keep_best=bool(ctx.config.keep_best),
     )
     recon = np.asarray(out["recon"], np.float32)
     win = min(11, res - (1 - res % 2))
