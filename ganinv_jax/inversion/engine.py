@@ -34,7 +34,8 @@ Result keys (numpy arrays, leading axis B in input order):
   converged   [B] bool            the method's stop criterion was met
   failed      [B] bool            a step produced NaN/Inf (state kept from the last finite step)
   metrics     dict of [B]         the metrics of each image's last step
-  best_mse, best_step [B]         with keep_best=True: the kept state's recon MSE and step
+  best_mse, best_step [B]         with keep_best=True: the kept state's recon MSE (clipped to
+                                  [-1, 1]) and step
   history     dict of [C, B]      the same metrics after each of the C compiled calls (a
                                   convergence curve at K-step resolution; a stopped image repeats
                                   its last value), with history_steps [C] = steps done per call
@@ -105,8 +106,11 @@ def _metric_zeros(method, state, frozen, cfg):
 
 
 def _recon_mse(method, state, frozen, cfg, target):
-    """MSE of the reconstruction `method.result` makes from `state` against the target."""
-    return base.mse1(method.result(state, frozen, cfg)["recon"], target)
+    """MSE of the reconstruction `method.result` makes from `state` against the target, the
+    reconstruction clipped to the images' [-1, 1] as it is saved and scored (unclipped, an
+    overshoot past a black background counts as error no output shows)."""
+    recon = method.result(state, frozen, cfg)["recon"]
+    return base.mse1(jnp.clip(recon, -1.0, 1.0), target)
 
 
 def _per_image_init(method, cfg, keep_best: bool):
@@ -298,7 +302,8 @@ def invert_batch(
       image among the start and the ends of the compiled calls (every `steps_per_call` steps)
       instead of the last one: a tuning run never ends above its pivot's error. Costs a second
       copy of each image's state and one forward pass per image per call. Adds `best_mse`
-      ([-1, 1] images) and `best_step` (steps taken when it was kept) to the result.
+      (of the reconstruction clipped to [-1, 1], as saved) and `best_step` (steps taken when
+      it was kept) to the result.
     """
     cfg = method.default_config() if cfg is None else cfg
     fcfg = _freeze_cfg(cfg)
