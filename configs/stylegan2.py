@@ -135,8 +135,9 @@ def get_config(variant: str = ""):
     # Round 6 (from the job's own pivot, test images 0-3): a cosine ramp-down over the last
     # half as PTI's: 0.97x -> 1.22x (drift 0.020 -> 0.019). What holds Clone there is its GAN
     # terms at the step a 300-step fit needs (README "Round 6"): without them the pyramid L1
-    # gains 1.29x (drift 0.002) and the MSE 7.0x (drift 0.004); with the MSE and the GAN terms
-    # at 1/10 (λ 0.01, L_global 0.001, lr 1e-2) 8.8x, but the tuned G breaks on random latents
+    # gains 1.29x (drift 0.002) and the MSE (lr 1e-2) 7.0x at drift 0.004 within ~80 steps
+    # (stopped there by eps); with the MSE and the GAN terms at 1/10 (λ 0.01, L_global 0.001,
+    # lr 1e-2) 8.8x (stopped by eps at ~110 steps), but the tuned G breaks on random latents
     # (drift 0.11; D at StyleGAN2's training Adam: 0.19; mapping frozen: 0.12); the local term
     # alone diverges there (drift 2e4). The MSE point: --config.clone.recon_loss=mse
     # --config.clone.lr=0.01 --config.clone.lam=0.01 --config.clone.global_weight=0.001
