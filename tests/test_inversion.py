@@ -201,26 +201,30 @@ def test_nan_marks_failed_and_keeps_last_finite_state(setup):
 def test_keep_best_returns_the_lowest_error_state(setup):
     """keep_best: a run whose steps make the reconstruction worse (PTI at lr 0.3: Adam's first
     step moves every weight by 0.3) returns its start, the pivot, exactly; a run that improves
-    returns its last state. best_mse is the MSE of the returned recon, clipped to [-1, 1]."""
+    returns its last state. best_mse is the MSE of the returned recon, clipped to [-1, 1].
+    (Two engine compiles: the history of the guarded run itself shows that its steps made the
+    reconstruction worse.)"""
     fr, imgs = setup
     x, ids = imgs[2:5], IDS[2:5]
     mse = lambda o: np.mean((np.clip(o["recon"], -1, 1) - x) ** 2, axis=(1, 2, 3))
     one = dict(devices=jax.devices()[:1])
     bad = _pti_cfg()
     bad.lr = 0.3
-    worse = _run(pti.METHOD, fr, x, ids, bad, 4, **one)
     guarded = _run(pti.METHOD, fr, x, ids, bad, 4, keep_best=True, **one)
     pivot = np.asarray(
         base.synthesize(fr, jnp.broadcast_to(base.mean_latent(fr), (3, *fr.arch.latent_shape)))
     )
     pivot_mse = np.mean((np.clip(pivot, -1, 1) - x) ** 2, axis=(1, 2, 3))
-    assert np.all(mse(worse) > pivot_mse)  # the steps did make it worse
+    # the steps did make it worse: PTI's own MSE (unclipped) after each call, above the pivot's
+    assert np.all(guarded["history"]["mse"] > np.mean((pivot - x) ** 2, axis=(1, 2, 3))), guarded[
+        "history"
+    ]["mse"]
+    np.testing.assert_array_equal(guarded["iterations"], [4, 4, 4])  # the steps still ran
     np.testing.assert_array_equal(guarded["best_step"], [0, 0, 0])
     np.testing.assert_allclose(guarded["recon"], pivot, rtol=RTOL, atol=ATOL)
     for leaf in jax.tree_util.tree_leaves(guarded["tuned"]):
         np.testing.assert_array_equal(leaf, 0.0)
     np.testing.assert_allclose(guarded["best_mse"], mse(guarded), rtol=1e-5)
-    np.testing.assert_array_equal(guarded["iterations"], worse["iterations"])  # steps still run
 
     good = _run(pti.METHOD, fr, x, ids, _pti_cfg(), 4, keep_best=True, **one)
     np.testing.assert_array_equal(good["best_step"], [4, 4, 4])

@@ -130,6 +130,26 @@ def test_clone_tune_mapping_off_moves_only_the_synthesis(setup):
     assert all(np.abs(x).min() > 0 for x in jax.tree_util.tree_leaves(up["synthesis"]))
 
 
+def test_clone_without_gan_terms_steps_on_the_reconstruction_alone(setup):
+    """λ = 0 and L_global weight 0: the step skips D (it stays exactly as it was) and G takes
+    exactly Adam's step on ∂L_recon/∂G."""
+    fr, imgs = setup
+    c = _Cfg(clone.default_config(), lam=0.0, global_weight=0.0, recon_loss="mse", p=1.0)
+    assert not clone.plays_the_gan(c) and clone.plays_the_gan(clone.default_config())
+    image, ws = jnp.asarray(imgs[3]), base.mean_latent(fr)
+    state = clone.init(jax.random.key(0), image, fr, ws, c)
+    new, metrics = jax.jit(lambda s: clone.step(s, fr, c))(state)
+    for a, b in zip(jax.tree_util.tree_leaves(new["d"]), jax.tree_util.tree_leaves(state["d"])):
+        np.testing.assert_array_equal(a, b)
+    recon = lambda g: clone.recon_loss(image, base.synthesize(fr, ws[None], g)[0], c)  # noqa: E731
+    loss, grads = jax.jit(jax.value_and_grad(recon))(state["g"])
+    tx = clone._txs(c, fr.arch)[0]
+    want = clone.optax.apply_updates(state["g"], tx.update(grads, tx.init(state["g"]))[0])
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(new["g"]), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 class _Cfg(dict):
     """Attribute-access view of a config with overrides (jit traces it as a constant)."""
 

@@ -158,9 +158,21 @@ def recon_loss(image, recon, cfg):
     raise ValueError(f"clone: recon_loss must be 'pyramid_l1' or 'mse', got {cfg.recon_loss!r}")
 
 
+def plays_the_gan(cfg) -> bool:
+    """False when both GAN terms are off (λ = 0 and L_global's weight 0): D, the fakes and the
+    reals then do not enter the objective, and the step skips them (a Python-level branch: the
+    config is static) -- the tuning is L_recon alone, one synthesis per step."""
+    return cfg.lam != 0 or cfg.global_weight != 0
+
+
 def g_loss(g_params, d_params, frozen, ws, image, local, z, noise_key, cfg):
     """G's side of L = 1_p[L_recon + λ L_adv_local] + L_global. Returns (loss, aux)."""
     x_star = base.synthesize(frozen, ws[None], g_params)
+    if not plays_the_gan(cfg):
+        recon = recon_loss(image, x_star[0], cfg)
+        zero = jnp.zeros((), jnp.float32)
+        aux = dict(x_star=x_star, recon=recon, g_global=zero, g_local=recon, logit_query=zero)
+        return jnp.where(local, recon, 0.0), aux
     fakes = base.synthesize(
         frozen,
         base.latents_from_prior(frozen, z, g_params),
@@ -272,16 +284,9 @@ def tunable_grads_only(g_grads, arch):
     return {k: v if k == arch.tunable_key else zero(v) for k, v in g_grads.items()}
 
 
-def step(state, frozen: base.Frozen, cfg):
-    key, ku, kz, kn, kr = jax.random.split(state["key"], 5)
-    local = local_indicator(ku, cfg.p)
-    z = frozen.arch.sample_prior(kz, cfg.global_batch)
-    reals = sample_reals(frozen, kr, cfg.global_batch)
-    tx_g, tx_d = _txs(cfg, frozen.arch)
-
-    (gl, gaux), g_grads = jax.value_and_grad(g_loss, has_aux=True)(
-        state["g"], state["d"], frozen, state["ws"], state["image"], local, z, kn, cfg
-    )
+def _d_step(state, frozen, gaux, local, key, cfg, tx_d):
+    """D's Adam step on its side of the objective; `key` draws the reals (and the GP mixes)."""
+    reals = sample_reals(frozen, key, cfg.global_batch)
     (dl, daux), d_grads = jax.value_and_grad(d_loss, has_aux=True)(
         state["d"],
         frozen,
@@ -292,18 +297,36 @@ def step(state, frozen: base.Frozen, cfg):
         local,
         state["t"],
         cfg,
-        key=None if frozen.arch.gan_loss == "stylegan2" else jax.random.fold_in(kr, 1),
+        key=None if frozen.arch.gan_loss == "stylegan2" else jax.random.fold_in(key, 1),
     )
+    d_up, d_opt = tx_d.update(d_grads, state["d_opt"], state["d"])
+    return optax.apply_updates(state["d"], d_up), d_opt, dl, daux
+
+
+def step(state, frozen: base.Frozen, cfg):
+    key, ku, kz, kn, kr = jax.random.split(state["key"], 5)
+    local = local_indicator(ku, cfg.p)
+    z = frozen.arch.sample_prior(kz, cfg.global_batch)
+    tx_g, tx_d = _txs(cfg, frozen.arch)
+
+    (gl, gaux), g_grads = jax.value_and_grad(g_loss, has_aux=True)(
+        state["g"], state["d"], frozen, state["ws"], state["image"], local, z, kn, cfg
+    )
+    if plays_the_gan(cfg):
+        d_params, d_opt, dl, daux = _d_step(state, frozen, gaux, local, kr, cfg, tx_d)
+    else:  # no GAN term: D is not in the objective and stays as it is
+        zero = jnp.zeros((), jnp.float32)
+        d_params, d_opt, dl = state["d"], state["d_opt"], zero
+        daux = dict(d_global=zero, r1=zero, logit_target=zero)
     if not cfg.tune_mapping:
         g_grads = tunable_grads_only(g_grads, frozen.arch)
     g_up, g_opt = tx_g.update(g_grads, state["g_opt"], state["g"])
-    d_up, d_opt = tx_d.update(d_grads, state["d_opt"], state["d"])
     new = dict(
         state,
         t=state["t"] + 1,
         key=key,
         g=optax.apply_updates(state["g"], g_up),
-        d=optax.apply_updates(state["d"], d_up),
+        d=d_params,
         g_opt=g_opt,
         d_opt=d_opt,
     )

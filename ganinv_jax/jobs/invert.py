@@ -401,7 +401,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
     )
     m = manifest_lib.Manifest.open(workdir, settings)  # ResumeMismatch -> one line
     from ganinv_jax import losses
-    from ganinv_jax.inversion import base
+    from ganinv_jax.inversion import base, clone
 
     try:
         lpips_params = losses.load_lpips_params(config.lpips_net)
@@ -413,7 +413,10 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
         lpips=lpips_params,
         lpips_net=losses.perceptual.canonical_net(config.lpips_net),
         d_vars=gan.params.get("D") if method.name == "clone" else None,
-        reals=load_reals(config, pre) if method.name == "clone" else None,
+        # Clone's reals feed its GAN terms only (off in the job by default: none loaded)
+        reals=load_reals(config, pre)
+        if method.name == "clone" and clone.plays_the_gan(config.clone)
+        else None,
         arch=arch,
         encoder=encoder.trained if method.encodes else None,
     )
