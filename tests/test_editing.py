@@ -450,6 +450,8 @@ def test_edit_task_bad_input_one_line_before_any_output(tmp_path, gen_dir, inv_l
                 gmm__grad_norm="none",
                 gmm__out_scale=1.0,
                 gmm__out_rampup=0.0,
+                gmm__out_rampdown=0.0,
+                gmm__init_scale=0.1,  # the paper's one-shot form (the job starts at the identity)
             ),
         ),
         # GMM as the job runs it (update_mode 'iterative'): the synthesis delta is saved

@@ -54,6 +54,34 @@ def test_gmm_modules_shared_per_input_width(setup, gmm_state):
     assert set(state["g"]) == {"/".join(p) for p in convs}
 
 
+def test_pti_tune_conv_weights_moves_only_gmms_weights(setup):
+    """pti.tune='conv_weights' (the ablation of GMM's parameter set): Adam's step on the conv
+    kernels GMM modulates, exactly zero on every other synthesis parameter."""
+    from ganinv_jax.inversion import pti
+
+    theta0 = setup[0].arch.tunable(setup[0].g["params"])
+    kept = base.conv_weights_only(jax.tree_util.tree_map(jnp.ones_like, theta0))
+    flat = jax.tree_util.tree_flatten_with_path(kept)[0]
+    convs = {tuple(p.key for p in path) for path, x in flat if np.all(np.asarray(x) == 1.0)}
+    assert convs == set(gmm.conv_paths(theta0)) and len(convs) < len(flat)
+    assert all(
+        np.all(np.asarray(x) == 0.0) for path, x in flat if tuple(p.key for p in path) not in convs
+    )
+    c = pti.default_config()
+    c.update(tune="conv_weights", perceptual="none", reg_weight=0.0, lr=1e-2)
+    state = pti.init(
+        jax.random.key(0), jnp.asarray(setup[1][3]), setup[0], base.mean_latent(setup[0]), c
+    )
+    new, _ = jax.jit(lambda s: pti.step(s, setup[0], c))(state)
+    delta = base.tree_sub(new["params"], theta0)
+    for path, x in jax.tree_util.tree_flatten_with_path(delta)[0]:
+        moved = np.abs(np.asarray(x)).max() > 0
+        assert moved == (tuple(p.key for p in path) in convs), path
+    c.tune = "biases"
+    with pytest.raises(ValueError, match="tune"):
+        pti.step(state, setup[0], c)
+
+
 def test_gmm_identity_start_and_sign(setup, gmm_state):
     fr = setup[0]
     st, c = gmm_state

@@ -327,3 +327,15 @@ def tuning_lr(lr: float, num_steps: int, rampdown: float, rampup: float = 0.0):
     if rampdown <= 0 and rampup <= 0:
         return lr
     return lambda count: lr * lr_ramp(count, num_steps, rampup, rampdown)
+
+
+def is_conv_weight(path, leaf) -> bool:
+    """A conv kernel [k, k, C, O] (named `weight`): the parameters GMM modulates."""
+    return getattr(path[-1], "key", None) == "weight" and leaf.ndim == 4
+
+
+def conv_weights_only(tree):
+    """`tree` with every leaf but the conv kernels zeroed."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: x if is_conv_weight(p, x) else jnp.zeros_like(x), tree
+    )

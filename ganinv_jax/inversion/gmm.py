@@ -102,9 +102,8 @@ def conv_paths(synthesis_params) -> list[tuple[str, ...]]:
     flat = jax.tree_util.tree_flatten_with_path(synthesis_params)[0]
     out = []
     for path, leaf in flat:
-        names = tuple(getattr(p, "key", str(p)) for p in path)
-        if names[-1] == "weight" and leaf.ndim == 4:
-            out.append(names)
+        if base.is_conv_weight(path, leaf):
+            out.append(tuple(getattr(p, "key", str(p)) for p in path))
     return sorted(out)
 
 

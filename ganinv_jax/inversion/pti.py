@@ -50,6 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
     # pivot's MSE, while 300 steps at the paper's lr reach 2.8x (README). 0.06 restores it.
     c.stop_lpips = -1.0
     c.stop_mse = -1.0  # < 0: off
+    # 'all': every synthesis parameter (the paper); 'conv_weights': only the 4-D conv weights,
+    # the set GMM modulates (an ablation: what tuning that set alone reaches)
+    c.tune = "all"
     return c
 
 
@@ -108,6 +111,10 @@ def step(state, frozen: base.Frozen, cfg):
         return loss, dict(loss=loss, mse=l2, perceptual=lp, reg=reg)
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"])
+    if cfg.tune == "conv_weights":
+        grads = base.conv_weights_only(grads)  # a zero gradient is a zero Adam step
+    elif cfg.tune != "all":
+        raise ValueError(f"pti: tune must be 'all' or 'conv_weights', got {cfg.tune!r}")
     updates, opt = _tx(cfg).update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics["drift"] = base.relative_change(params, frozen.arch.tunable(frozen.g["params"]))
