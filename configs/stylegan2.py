@@ -150,16 +150,17 @@ def get_config(variant: str = ""):
     # GMM: the paper's iterative reading (θ_t accumulates M_φ(·)), its modules fed Adam's
     # per-weight direction of g_t (an identity module = Adam on the conv weights), step 1e-2
     # ramped up over the first 10% and down (cosine) over the last half, the modules STARTED
-    # AT THE IDENTITY (init_scale 0), L_rec the MSE alone, the localization term (1 sample) in
-    # φ's loss only. README "Round 7", from the job's pivot on test images 0-3, 300 steps:
-    # 17.6x below the pivot at drift 0.0063. One change at a time from there: no localization
-    # term 22.9x at drift 0.0072; modules frozen at the identity (= Adam on the conv weights)
-    # 21.2x / 0.0058; modules at the old init_scale 0.1 (a random residual on every step)
-    # 17.0x / 0.035 without the localization term; the round-5 job setting (init_scale 0.1,
-    # MSE + LPIPS, grad_reg with 4 samples, no ramp-down) 6.0x / 0.0063.
+    # AT THE IDENTITY (init_scale 0), L_rec the MSE alone, the localization term (1 sample,
+    # weight 0.25) in φ's loss only. README "Round 7", from the job's pivot on test images 0-3,
+    # 300 steps: 21.0x below the pivot at drift 0.0049. One change at a time from there:
+    # L_R at weight 1 17.6x at drift 0.0063; no localization term 22.9x at drift 0.0072;
+    # modules frozen at the identity (= Adam on the conv weights) 21.2x / 0.0058; modules at
+    # the old init_scale 0.1 (a random residual on every step) 17.0x / 0.035 without L_R;
+    # the round-5 job setting (init_scale 0.1, MSE + LPIPS, grad_reg with 4 samples, no
+    # ramp-down) 6.0x / 0.0063.
     # The paper's one-shot form: --config.gmm.update_mode=once --config.gmm.grad_norm=none
     # --config.gmm.out_scale=1 --config.gmm.init_scale=0.1 --config.gmm.lpips_weight=1
-    # --config.gmm.out_rampup=0 --config.gmm.out_rampdown=0.
+    # --config.gmm.out_rampup=0 --config.gmm.out_rampdown=0 --config.gmm.reg_weight=1.
     config.gmm.update(
         update_mode="iterative",
         grad_norm="adam",
@@ -170,6 +171,7 @@ def get_config(variant: str = ""):
         lpips_weight=0.0,
         grad_reg=False,
         reg_samples=1,
+        reg_weight=0.25,
     )
 
     # Sampling (task 'sample').

@@ -13,17 +13,6 @@ if os.environ.get("GANINV_TEST_XLA_OPT") != "1":
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     ).strip()
-# XLA's persistent compilation cache, shared by both xdist workers and by the jobs the tests
-# start as subprocesses (they inherit the environment): many tests rebuild the same tiny
-# programs (same HLO, new closures), and a hit loads the executable instead of compiling it.
-# A cold cache (CI's clean clone) still gains within the run; GANINV_TEST_XLA_CACHE=0 turns it
-# off, any other value is the directory. An unreadable entry only warns and recompiles.
-_xla_cache = os.environ.get("GANINV_TEST_XLA_CACHE") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"
-)
-if _xla_cache != "0":
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _xla_cache)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)

@@ -31,6 +31,8 @@ Our choices (the paper is silent or defers to its supplement):
     global term IS the pretrained GAN's training, so its own optimizer settings keep it stable;
     D's lr/betas get the lazy-R1 correction. D's are their own keys (`d_lr`, `d_betas`), so a
     job that speeds G's per-image step up does not speed D's game up with it.
+  * λ = 0 and `global_weight` 0 (both GAN terms off; the main job's setting, README "Round 7")
+    leave L_recon alone: the step then skips D, the fakes and the reals (`plays_the_gan`).
   * The whole G (mapping + synthesis) is tuned (L_global samples z through the mapping); fakes use
     random noise, the reconstruction uses constant noise. `tuned` in the result is the delta of G's
     params against the frozen base (the tuned D is kept in the state only).
