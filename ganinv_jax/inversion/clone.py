@@ -163,8 +163,10 @@ def recon_loss(image, recon, cfg):
 def plays_the_gan(cfg) -> bool:
     """False when both GAN terms are off (λ = 0 and L_global's weight 0): D, the fakes and the
     reals then do not enter the objective, and the step skips them (a Python-level branch: the
-    config is static) -- the tuning is L_recon alone, one synthesis per step."""
-    return cfg.lam != 0 or cfg.global_weight != 0
+    config is static) -- the tuning is L_recon alone, one synthesis per step. A weight that is
+    a traced value (a caller sweeping it under jit) counts as on."""
+    static_zero = lambda x: isinstance(x, (int, float)) and x == 0  # noqa: E731
+    return not (static_zero(cfg.lam) and static_zero(cfg.global_weight))
 
 
 def g_loss(g_params, d_params, frozen, ws, image, local, z, noise_key, cfg):
