@@ -11,16 +11,18 @@ Generator: `pretrained.load('default')` (InvGAN StyleGAN2 on Fashion-MNIST) with
 pipeline and say nothing about the methods; the JSON says which G was used).
 Pipeline: InvGAN encoder w (D's w head; mean w without it) -> latent_opt (W+, MSE + LPIPS) ->
 PTI / Clone / GMM all tuned around that same latent, so their MSE is comparable to latent_opt's.
-Drift: for `--drift-images` images, MSE and LPIPS between the frozen G and each image's tuned G on
-16 fixed random latents (PTI and GMM with and without the locality/localization regularizer;
-Clone, which has none, as run).
+Drift (the papers' locality): MSE and LPIPS between the frozen G and each image's tuned G on 16
+fixed random latents.
 Metrics from `ganinv_jax.losses` (MSE, SSIM, PSNR on [0, 1] images, LPIPS-VGG on 3 channels,
 reconstructions clipped to [-1, 1]). Steps: --steps-scale times the defaults, or per method with
 --steps latent_opt=200,pti=150; Clone uses the paper's p=1/4, λ=10, ε=1e-3 with a step cap (its
-iterations column and converged fraction show how far it got). --job-defaults runs PTI, Clone and
-GMM with the main job's settings instead (`configs/stylegan2.py`: PTI lr 1e-2 ramped down, Clone
-p 1 / λ 0.1 / L_global 0.01 / Adam (0.9, 0.999) lr 3e-3, GMM iterative fed Adam's
-direction, step 1e-2) -- what `python -m ganinv_jax.main` users get.
+iterations column and converged fraction show how far it got). --job-defaults runs the table as
+`python -m ganinv_jax.main` users get it (`configs/stylegan2.py`): the job's encoder (paper 000's,
+shipped with the default G) -> the job's pivot projection (latent_opt, MSE in W+, its steps) ->
+PTI / Clone / GMM with the job's settings of them, each image keeping its best state
+(`keep_best`, as the job).
+Drift: with every tuning method, its mean drift over all its images (columns "drift MSE/LPIPS");
+the ablation without the regularizer (PTI, GMM) on the first `--drift-images` images at the end.
 Convergence: the engine's per-call history gives each method's mean MSE curve (`curve_mse`, every
 --steps-per-call steps; the method's own training MSE of its last step, unclipped) and
 `steps_to_latent_opt_mse`: the mean first recorded step at which an image's MSE is at or below
@@ -149,6 +151,12 @@ def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) -> dict:
     """The papers' locality: mean MSE and LPIPS between the frozen and each image's tuned G on
     16 fixed random w_r (base mapping; for Clone, which also tunes the mapping, the tuned
     synthesis at the same w_r), averaged over the images in `rows`."""
+    d = drift_per_image(frozen, method_name, out, cfg, rows, n_latents, seed)
+    return dict(mse=float(np.mean(d["drift_mse"])), lpips=float(np.mean(d["drift_lpips"])))
+
+
+def drift_per_image(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) -> dict:
+    """`drift` per image of `rows`: arrays drift_mse, drift_lpips."""
     ws = base.random_ws(frozen, jax.random.key(seed), n_latents)
     theta0 = frozen.g["params"]["synthesis"]
     grads = jax.jit(lambda fr, w, x: gmm.conv_grads(fr, fr.g["params"]["synthesis"], w, x, cfg))
@@ -165,11 +173,13 @@ def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) -> dict:
             g = grads(frozen, jnp.asarray(out["latent"][i]), jnp.asarray(out["_images"][i]))
             p = gmm.tuned_params(phi, theta0, g, cfg)
         vals.append([float(v) for v in _drift(frozen, p, ws)])
-    mse, lp = np.mean(vals, axis=0)
-    return dict(mse=float(mse), lpips=float(lp))
+    vals = np.asarray(vals, np.float64).reshape(-1, 2)
+    return dict(drift_mse=vals[:, 0], drift_lpips=vals[:, 1])
 
 
-def run_method(name, frozen, images, ids, init, cfg, steps, strategy, steps_per_call=10):
+def run_method(
+    name, frozen, images, ids, init, cfg, steps, strategy, steps_per_call=10, keep_best=False
+):
     t = time.perf_counter()
     out = inv.invert_batch(
         inv.METHODS[name],
@@ -182,6 +192,7 @@ def run_method(name, frozen, images, ids, init, cfg, steps, strategy, steps_per_
         steps=steps,
         steps_per_call=max(1, min(steps_per_call, steps)),
         strategy=strategy,
+        keep_best=keep_best,
     )
     out["_time_s"] = time.perf_counter() - t
     out["_images"] = images
@@ -196,6 +207,21 @@ def method_config(name: str, job_defaults: bool):
     from repo_configs import get_config
 
     return get_config("stylegan2")[name].copy_and_resolve_references()
+
+
+def job_pivot(steps: int):
+    """The main job's start of a tuning method: (encode, latent_opt config) -- its default
+    encoder (paper 000's, shipped with the default G) and its pivot projection of `steps` steps
+    (`jobs.invert.pivot_config`: the job's latent_opt loss, in W+, no noise ramp)."""
+    from repo_configs import get_config
+
+    from ganinv_jax import pretrained
+    from ganinv_jax.jobs import invert as invert_job
+
+    gan, enc = pretrained.load("default"), pretrained.load_encoder("default")
+    job = get_config("stylegan2")
+    job.steps = steps
+    return (lambda x: enc.encode_ws(x, gan)), invert_job.pivot_config(job, has_encoder=True)
 
 
 def set_value(cfg, key: str, value) -> None:
@@ -252,6 +278,8 @@ def main():
     cfgs = {m: inv.METHODS[m].default_config() for m in inv.METHODS}
     cfgs["latent_opt"].num_steps = steps["latent_opt"]
     cfgs["latent_opt"].initial_noise_factor = 0.0 if encode else 0.05
+    if a.job_defaults and not a.tiny:
+        encode, cfgs["latent_opt"] = job_pivot(steps["latent_opt"])
     for m in ("pti", "clone", "gmm"):
         cfgs[m] = method_config(m, a.job_defaults)
         cfgs[m].num_steps = steps[m]
@@ -269,6 +297,7 @@ def main():
         command=" ".join(sys.argv),
         method_configs={m: cfgs[m].to_dict() for m in a.methods.split(",")},
         load_avg_at_start=os.getloadavg()[0],
+        keep_best=a.job_defaults,
     )
     methods = a.methods.split(",")
     # One batch holds every set (one compile per method); tables are split by set afterwards.
@@ -330,7 +359,16 @@ def main():
         if m == "latent_opt":
             continue
         out = run_method(
-            m, frozen, images, ids, pivot, cfgs[m], steps[m], a.strategy, a.steps_per_call
+            m,
+            frozen,
+            images,
+            ids,
+            pivot,
+            cfgs[m],
+            steps[m],
+            a.strategy,
+            a.steps_per_call,
+            keep_best=a.job_defaults,
         )
         outs[m] = curves[m] = out
         rows[m] = dict(
@@ -339,6 +377,8 @@ def main():
             time_s=out["_time_s"],
             converged=out["converged"],
             failed=out["failed"],
+            # every image's tuned G on the 16 random latents (set means below)
+            **drift_per_image(frozen, m, out, cfgs[m], ids),
         )
         tables()
     # drift on 16 random latents: the default regularizer vs none, first --drift-images images
@@ -404,8 +444,8 @@ def markdown(report) -> str:
             f"### {set_name} (n={s['n']})",
             "",
             "| method | MSE | PSNR | SSIM | MS-SSIM | LPIPS | iters | s/image | conv. | "
-            "MSE(latent_opt)/MSE | steps to latent_opt MSE (reached) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "MSE(latent_opt)/MSE | steps to latent_opt MSE (reached) | drift MSE | drift LPIPS |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for m, r in s["table"].items():
             lines.append(
@@ -415,7 +455,9 @@ def markdown(report) -> str:
                 f"{r.get('converged', float('nan')):.2f} | "
                 f"{r.get('mse_ratio_latent_opt_over_method', float('nan')):.1f} | "
                 f"{r.get('steps_to_latent_opt_mse', float('nan')):.0f} "
-                f"({r.get('reached_latent_opt', float('nan')):.2f}) |"
+                f"({r.get('reached_latent_opt', float('nan')):.2f}) | "
+                f"{r.get('drift_mse', float('nan')):.5f} | "
+                f"{r.get('drift_lpips', float('nan')):.4f} |"
             )
     d16 = report.get("drift_16_latents", {})
     if d16.get("rows"):

@@ -109,16 +109,7 @@ def main():
     lo_cfg.num_steps = a.pivot_steps
     lo_cfg.initial_noise_factor = 0.0 if encode else 0.05
     if a.pivot == "job":  # the invert job's own pivot: its encoder, its projection config
-        from repo_configs import get_config
-
-        from ganinv_jax import pretrained
-        from ganinv_jax.jobs import invert as invert_job
-
-        gan, enc = pretrained.load("default"), pretrained.load_encoder("default")
-        encode = lambda x: enc.encode_ws(x, gan)  # noqa: E731
-        job = get_config("stylegan2")
-        job.steps = a.pivot_steps
-        lo_cfg = invert_job.pivot_config(job, has_encoder=True)
+        encode, lo_cfg = qt.job_pivot(a.pivot_steps)
     start = inv.init_latents.from_encoder(encode, images, frozen) if encode else None
     lo = qt.run_method(
         "latent_opt", frozen, images, ids, start, lo_cfg, a.pivot_steps, "auto", a.steps_per_call
