@@ -4,7 +4,6 @@ Optional inputs (test extras, fixtures, Debian datasets) go through `_ci.py`: th
 locally and fail under CI=true."""
 
 import os
-import tempfile
 
 # Tests are compile-bound (XLA:CPU compiles each tiny program in seconds and runs it in
 # milliseconds): LLVM's optimization level 0 cuts compile time ~40% (the inversion engine's
@@ -22,18 +21,6 @@ if os.environ.get("GANINV_TEST_XLA_OPT") != "1":
 # G, D and LPIPS end to end) under explicit `use_impl`. GANINV_CONV_IMPL=auto runs every test
 # on the CPU default.
 os.environ.setdefault("GANINV_CONV_IMPL", "native")
-# JAX's persistent compilation cache, shared by both xdist workers and the subprocesses the
-# job/launch tests start (they inherit the environment): test files build the same tiny
-# programs again (a G's step in the engine, main-job and launch tests), and XLA:CPU then loads
-# the executable instead of compiling it. The key is the program, its compile options and the
-# jax/XLA version, so a stale entry cannot be hit. GANINV_TEST_JIT_CACHE= (empty) turns it off.
-_jit_cache = os.environ.get(
-    "GANINV_TEST_JIT_CACHE",
-    os.path.join(tempfile.gettempdir(), f"ganinv_jax_jit_cache_{os.getuid()}"),
-)
-if _jit_cache:
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _jit_cache)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
