@@ -151,8 +151,15 @@ def drift(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) -> dict:
     """The papers' locality: mean MSE and LPIPS between the frozen and each image's tuned G on
     16 fixed random w_r (base mapping; for Clone, which also tunes the mapping, the tuned
     synthesis at the same w_r), averaged over the images in `rows`."""
-    d = drift_per_image(frozen, method_name, out, cfg, rows, n_latents, seed)
-    return dict(mse=float(np.mean(d["drift_mse"])), lpips=float(np.mean(d["drift_lpips"])))
+    return mean_drift(drift_per_image(frozen, method_name, out, cfg, rows, n_latents, seed))
+
+
+def mean_drift(per_image: dict, sub=slice(None)) -> dict:
+    """{mse, lpips}: the mean of `drift_per_image`'s arrays over the images `sub`."""
+    return dict(
+        mse=float(np.mean(per_image["drift_mse"][sub])),
+        lpips=float(np.mean(per_image["drift_lpips"][sub])),
+    )
 
 
 def drift_per_image(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) -> dict:
@@ -388,10 +395,7 @@ def main():
         if m not in outs or not len(sub):
             continue
         drift_rows[m] = dict(  # (the method's own drift per image is in its row already)
-            with_reg=dict(
-                mse=float(np.mean(rows[m]["drift_mse"][sub])),
-                lpips=float(np.mean(rows[m]["drift_lpips"][sub])),
-            ),
+            with_reg=mean_drift(rows[m], sub),
             mse_with_reg=float(np.mean(rows[m]["mse"][sub])),
         )
         if m == "clone":  # no locality regularizer to switch off
