@@ -20,7 +20,7 @@ iterations column and converged fraction show how far it got). --job-defaults ru
 `python -m ganinv_jax.main` users get it (`configs/stylegan2.py`): the job's encoder (paper 000's,
 shipped with the default G) -> the job's pivot projection (latent_opt, MSE in W+, its steps) ->
 PTI / Clone / GMM with the job's settings of them, each image keeping its best state
-(`keep_best`, as the job).
+(`keep_best`, as the job) within the job's drift budget (`max_drift`; `--max-drift` overrides).
 Drift: with every tuning method, its mean drift over all its images (columns "drift MSE/LPIPS");
 the ablation without the regularizer (PTI, GMM) on the first `--drift-images` images at the end.
 Convergence: the engine's per-call history gives each method's mean MSE curve (`curve_mse`, every
@@ -185,7 +185,17 @@ def drift_per_image(frozen, method_name, out, cfg, rows, n_latents=16, seed=99) 
 
 
 def run_method(
-    name, frozen, images, ids, init, cfg, steps, strategy, steps_per_call=10, keep_best=False
+    name,
+    frozen,
+    images,
+    ids,
+    init,
+    cfg,
+    steps,
+    strategy,
+    steps_per_call=10,
+    keep_best=False,
+    max_drift=0.0,
 ):
     t = time.perf_counter()
     out = inv.invert_batch(
@@ -200,6 +210,7 @@ def run_method(
         steps_per_call=max(1, min(steps_per_call, steps)),
         strategy=strategy,
         keep_best=keep_best,
+        max_drift=max_drift,
     )
     out["_time_s"] = time.perf_counter() - t
     out["_images"] = images
@@ -214,6 +225,13 @@ def method_config(name: str, job_defaults: bool):
     from repo_configs import get_config
 
     return get_config("stylegan2")[name].copy_and_resolve_references()
+
+
+def job_setting(key: str):
+    """A top-level setting of the main job (configs/stylegan2.py)."""
+    from repo_configs import get_config
+
+    return get_config("stylegan2")[key]
 
 
 def job_pivot(steps: int):
@@ -269,8 +287,17 @@ def main():
         default=[],
         help="METHOD.KEY=VALUE over the method's config (repeatable; e.g. gmm.reg_weight=10)",
     )
+    ap.add_argument(
+        "--max-drift",
+        type=float,
+        default=None,
+        help="the tuning methods' drift budget (engine max_drift; default: the job's "
+        "max_drift with --job-defaults, else off)",
+    )
     ap.add_argument("--out", default="")
     a = ap.parse_args()
+    if a.max_drift is None:
+        a.max_drift = job_setting("max_drift") if a.job_defaults else 0.0
 
     g_cfg, gv, dv, encode, g_name = load_generator(a.tiny)
     sets = {"fashion_mnist_test": fashion_mnist_test(a.n, g_cfg.resolution)}
@@ -304,7 +331,8 @@ def main():
         command=" ".join(sys.argv),
         method_configs={m: cfgs[m].to_dict() for m in a.methods.split(",")},
         load_avg_at_start=os.getloadavg()[0],
-        keep_best=a.job_defaults,
+        keep_best=a.job_defaults or a.max_drift > 0,
+        max_drift=a.max_drift,
     )
     methods = a.methods.split(",")
     # One batch holds every set (one compile per method); tables are split by set afterwards.
@@ -375,7 +403,8 @@ def main():
             steps[m],
             a.strategy,
             a.steps_per_call,
-            keep_best=a.job_defaults,
+            keep_best=a.job_defaults or a.max_drift > 0,
+            max_drift=a.max_drift,
         )
         outs[m] = curves[m] = out
         rows[m] = dict(
@@ -384,6 +413,7 @@ def main():
             time_s=out["_time_s"],
             converged=out["converged"],
             failed=out["failed"],
+            **({"kept_step": out["best_step"]} if "best_step" in out else {}),
             # every image's tuned G on the 16 random latents (set means below)
             **drift_per_image(frozen, m, out, cfgs[m], ids),
         )

@@ -73,6 +73,9 @@ def get_config(variant: str = ""):
     # MSE among its start (the pivot) and the end of every compiled call, not the last one: a
     # tuning method never ends above its pivot (engine.invert_batch(keep_best=...); costs a
     # second copy of each image's state). False: the last step's state, as the papers.
+    config.max_drift = 0.0  # > 0 (with keep_best): a drift budget -- only a state whose tuned G
+    # is within this MSE (on [0, 1]) of the frozen G on 8 fixed random latents can be kept
+    # (engine.invert_batch(max_drift=...)); 0: off
     config.lpips_net = "vgg"  # LPIPS backbone of the metrics (and of Frozen.lpips)
     config.data = data_config()
     config.tile = 0  # InvGAN's tiling (paper 004): N >= 2 inverts each image at N*m px as N x N

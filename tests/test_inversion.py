@@ -232,6 +232,41 @@ def test_keep_best_returns_the_lowest_error_state(setup):
     np.testing.assert_allclose(good["best_mse"], mse(good), rtol=1e-5)
 
 
+def test_drift_budget_keeps_the_best_state_within_it(setup):
+    """max_drift: the kept state is the lowest-error one whose probe drift (frozen vs tuned G on
+    the engine's fixed probe latents, MSE on [0, 1]) is within the budget. One compile: the
+    budget is a runtime input. best_drift is recomputed here from the returned weight delta."""
+    fr, imgs = setup
+    x, ids = imgs[2:5], IDS[2:5]
+    one = dict(devices=jax.devices()[:1], keep_best=True, drift_probes=4)
+    ws = base.random_ws(fr, jax.random.key(engine.DRIFT_PROBE_SEED), 4)
+    orig = np.asarray(base.synthesize(fr, ws))
+    theta0 = fr.g["params"]["synthesis"]
+
+    def drift(out, i):
+        p = jax.tree_util.tree_map(lambda d, b: b + d[i], out["tuned"], theta0)
+        return np.mean((np.asarray(base.synthesize(fr, ws, p)) - orig) ** 2) / 4.0
+
+    free = _run(pti.METHOD, fr, x, ids, _pti_cfg(), 4, max_drift=1e9, **one)
+    np.testing.assert_array_equal(free["best_step"], [4, 4, 4])  # an improving run: its end
+    free_drift = np.array([drift(free, i) for i in range(3)])
+    assert np.all(free_drift > 0)
+    np.testing.assert_allclose(free["best_drift"], free_drift, rtol=1e-4)
+
+    budget = 0.5 * float(free_drift.min())  # every image's end is over it
+    capped = _run(pti.METHOD, fr, x, ids, _pti_cfg(), 4, max_drift=budget, **one)
+    np.testing.assert_array_equal(capped["iterations"], [4, 4, 4])  # the steps still ran
+    assert set(capped["best_step"].tolist()) <= {0, 2}, capped["best_step"]
+    capped_drift = np.array([drift(capped, i) for i in range(3)])
+    assert np.all(capped_drift <= budget * (1 + 1e-4)), (capped_drift, budget)
+    np.testing.assert_allclose(capped["best_drift"], capped_drift, rtol=1e-4, atol=1e-9)
+    mse = np.mean((np.clip(capped["recon"], -1, 1) - x) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(capped["best_mse"], mse, rtol=1e-5)
+    assert np.all(capped["best_mse"] >= free["best_mse"])
+    with pytest.raises(ValueError, match="needs keep_best"):
+        _run(pti.METHOD, fr, x, ids, _pti_cfg(), 4, max_drift=0.1)
+
+
 def test_auto_strategy_rule():
     # GEMM-form convs (the CPU default): vmap everywhere; native convs on CPU: lax.map (vmap
     # would make per-image kernels grouped convolutions)

@@ -52,6 +52,9 @@ class Method(NamedTuple):
     converged: Callable[[dict, ml_collections.ConfigDict], Array]
     tunes_weights: bool = True  # per-image weights (drives the 'auto' strategy)
     encodes: bool = False  # starts from Frozen.encoder's own encoding (init_latent ignored)
+    # (state, frozen, cfg) -> the G params a state stands for (the full tree or its tunable
+    # sub-tree, as `synthesize` takes them); None: the frozen G (the engine's drift budget)
+    tuned_g: Optional[Callable[..., PyTree]] = None
 
 
 @flax.struct.dataclass

@@ -368,4 +368,10 @@ def converged(metrics, cfg):
     return metrics["recon"] < cfg.eps
 
 
-METHOD = base.Method("clone", init, step, result, default_config, converged, tunes_weights=True)
+def tuned_g(state, frozen: base.Frozen, cfg):
+    return state["g"]
+
+
+METHOD = base.Method(
+    "clone", init, step, result, default_config, converged, tunes_weights=True, tuned_g=tuned_g
+)

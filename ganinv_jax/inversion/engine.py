@@ -36,6 +36,7 @@ Result keys (numpy arrays, leading axis B in input order):
   metrics     dict of [B]         the metrics of each image's last step
   best_mse, best_step [B]         with keep_best=True: the kept state's recon MSE (clipped to
                                   [-1, 1]) and step
+  best_drift [B]                  with a drift budget: the kept state's probe drift (below)
   history     dict of [C, B]      the same metrics after each of the C compiled calls (a
                                   convergence curve at K-step resolution; a stopped image repeats
                                   its last value), with history_steps [C] = steps done per call
@@ -61,6 +62,9 @@ from ganinv_jax.ops import conv as conv_ops
 
 STRATEGIES = ("vmap", "map", "chunked")
 AXIS = shd.DATA_AXIS
+# The drift budget's probe latents: fixed, and not the quality table's (seed 99), so the table's
+# drift column measures the budget on latents the selection never saw.
+DRIFT_PROBE_SEED = 7
 
 
 def auto_strategy(method: base.Method, backend: Optional[str] = None) -> str:
@@ -113,8 +117,21 @@ def _recon_mse(method, state, frozen, cfg, target):
     return base.mse1(jnp.clip(recon, -1.0, 1.0), target)
 
 
-def _per_image_init(method, cfg, keep_best: bool):
-    def init_one(key, image, latent, active, frozen):
+def probe_drift(method, state, frozen, cfg, n_probes: int):
+    """The papers' locality, cheaply: MSE (on [0, 1] images, as the quality table) between the
+    frozen G and the G `state` stands for, on `n_probes` fixed random latents (seed
+    DRIFT_PROBE_SEED). Zero for a method that tunes no weights. The probe latents and the base
+    images do not depend on the image, so under vmap they are computed once per call."""
+    if method.tuned_g is None:
+        return jnp.zeros((), jnp.float32)
+    ws = base.random_ws(frozen, jax.random.key(DRIFT_PROBE_SEED), n_probes)
+    orig = base.synthesize(frozen, ws)
+    tuned = base.synthesize(frozen, ws, method.tuned_g(state, frozen, cfg))
+    return jnp.mean(jnp.square(tuned - orig)) / 4.0
+
+
+def _per_image_init(method, cfg, keep_best: bool, n_probes: int):
+    def init_one(key, image, latent, active, max_drift, frozen):
         state = method.init(key, image, frozen, latent, cfg)
         carry = dict(
             state=state,
@@ -123,33 +140,43 @@ def _per_image_init(method, cfg, keep_best: bool):
             iters=jnp.asarray(0, jnp.int32),
             metrics=_metric_zeros(method, state, frozen, cfg),
         )
-        if keep_best:  # the start (the pivot) is the first candidate
+        if keep_best:  # the start (the pivot) is the first candidate, whatever its drift
             carry.update(
                 target=image,
                 best=state,
                 best_mse=_recon_mse(method, state, frozen, cfg, image),
                 best_step=jnp.asarray(0, jnp.int32),
             )
+            if n_probes:
+                carry["max_drift"] = max_drift
+                carry["best_drift"] = probe_drift(method, state, frozen, cfg, n_probes)
         return carry
 
     return init_one
 
 
-def _keep_best(method, cfg, c, frozen):
+def _keep_best(method, cfg, c, frozen, n_probes: int):
     """After a compiled call: if the current state reconstructs the target better than the best
     kept so far, it becomes the best (an exact MSE of `result`'s recon, one forward pass per
-    image per call: a method's own `mse` metric may be of another iterate, e.g. GMM's)."""
+    image per call: a method's own `mse` metric may be of another iterate, e.g. GMM's). With a
+    drift budget (n_probes > 0) only a state whose probe drift is <= c["max_drift"] can."""
     mse = _recon_mse(method, c["state"], frozen, cfg, c["target"])
     better = jnp.isfinite(mse) & (mse < c["best_mse"])
+    new = {}
+    if n_probes:
+        drift = probe_drift(method, c["state"], frozen, cfg, n_probes)
+        better = better & (drift <= c["max_drift"])
+        new["best_drift"] = jnp.where(better, drift, c["best_drift"])
     return dict(
         c,
         best=base.tree_where(better, c["state"], c["best"]),
         best_mse=jnp.where(better, mse, c["best_mse"]),
         best_step=jnp.where(better, c["iters"], c["best_step"]),
+        **new,
     )
 
 
-def _per_image_run(method, cfg, k: int, skip_inactive: bool, keep_best: bool):
+def _per_image_run(method, cfg, k: int, skip_inactive: bool, keep_best: bool, n_probes: int):
     """One image's K-step scan. skip_inactive: a `lax.cond` skips the step of a stopped image
     (the 'map' strategy: a real branch). Under `vmap` a cond with a per-image predicate becomes a
     select that also batches every operand its branches close over -- the frozen G and LPIPS
@@ -192,7 +219,7 @@ def _per_image_run(method, cfg, k: int, skip_inactive: bool, keep_best: bool):
             return step_one(c, frozen, active), None
 
         c = lax.scan(body, c, jnp.arange(k))[0]
-        return _keep_best(method, cfg, c, frozen) if keep_best else c
+        return _keep_best(method, cfg, c, frozen, n_probes) if keep_best else c
 
     return run_one
 
@@ -223,22 +250,23 @@ def _compiled(
     compiler_options: Optional[tuple] = None,
     conv_impl: str = "auto",
     keep_best: bool = False,
+    n_probes: int = 0,
 ):
     """jit(shard_map(batched per-image fns)) for init / run / result (cached per signature;
     `conv_impl`, the `ops.conv` form in force, is part of it: a jit traced under one form keeps
-    it)."""
+    it). n_probes > 0: keep_best under a drift budget (its value is a runtime input of init)."""
     data = shd.batch_sharding(mesh)
     repl = shd.replicated(mesh)
     sm = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
     jit = functools.partial(jax.jit, compiler_options=dict(compiler_options or ()) or None)
-    init_b = _batched(_per_image_init(method, cfg, keep_best), strategy, chunk_size)
+    init_b = _batched(_per_image_init(method, cfg, keep_best, n_probes), strategy, chunk_size)
     run_b = _batched(
-        _per_image_run(method, cfg, k, strategy == "map", keep_best), strategy, chunk_size
+        _per_image_run(method, cfg, k, strategy == "map", keep_best, n_probes), strategy, chunk_size
     )
     res_b = _batched(_per_image_result(method, cfg, keep_best), strategy, chunk_size)
 
-    def init_local(keys, images, latents, active, frozen):
-        return init_b(frozen, keys, images, latents, active)
+    def init_local(keys, images, latents, active, max_drift, frozen):
+        return init_b(frozen, keys, images, latents, active, max_drift)
 
     def run_local(carry, n_allowed, frozen):
         n = carry["iters"].shape[0]
@@ -248,8 +276,8 @@ def _compiled(
         return res_b(frozen, carry)
 
     init = jit(
-        sm(init_local, in_specs=(P(AXIS),) * 4 + (P(),), out_specs=P(AXIS)),
-        in_shardings=(data,) * 4 + (repl,),
+        sm(init_local, in_specs=(P(AXIS),) * 5 + (P(),), out_specs=P(AXIS)),
+        in_shardings=(data,) * 5 + (repl,),
         out_shardings=data,
     )
     run = jit(
@@ -283,6 +311,8 @@ def invert_batch(
     stop_early: bool = True,
     compiler_options: Optional[dict] = None,
     keep_best: bool = False,
+    max_drift: float = 0.0,
+    drift_probes: int = 8,
 ) -> dict:
     """Inverts images [B,H,W,C] in [-1,1] (ids [B] int) with `method`; see the module docstring
     for the result keys.
@@ -304,12 +334,20 @@ def invert_batch(
       copy of each image's state and one forward pass per image per call. Adds `best_mse`
       (of the reconstruction clipped to [-1, 1], as saved) and `best_step` (steps taken when
       it was kept) to the result.
+    max_drift: > 0 (needs keep_best): a drift budget -- only a state whose `probe_drift` (MSE
+      between the frozen and the tuned G on `drift_probes` fixed random latents) is <= max_drift
+      can be kept, so each image's tuned G stays within the budget at a call end the run
+      reached (its start always qualifies). Adds `best_drift`. Costs 2 x drift_probes forward
+      passes per image per call (the frozen half once under vmap).
     """
     cfg = method.default_config() if cfg is None else cfg
     fcfg = _freeze_cfg(cfg)
     steps = int(cfg.get("num_steps", 0) if steps is None else steps)  # none: zero-step methods
     if strategy == "auto":
         strategy = auto_strategy(method)
+    if max_drift > 0 and not keep_best:
+        raise ValueError("max_drift (a drift budget) selects among kept states: needs keep_best")
+    n_probes = int(drift_probes) if max_drift > 0 else 0
     images = jnp.asarray(images, jnp.float32)
     image_ids = np.asarray(image_ids, np.int64).reshape(-1)
     b = images.shape[0]
@@ -342,12 +380,15 @@ def invert_batch(
         tuple(sorted((compiler_options or {}).items())),
         conv_ops.resolve_impl(),
         bool(keep_best),
+        n_probes,
     )
 
     data, repl = shd.batch_sharding(mesh), shd.replicated(mesh)
     frozen = jax.device_put(frozen, repl)
+    budgets = jnp.full((b_pad,), max_drift, jnp.float32)
     carry = init(
-        *jax.device_put((keys, images[idx], latents[idx], jnp.asarray(active)), data), frozen
+        *jax.device_put((keys, images[idx], latents[idx], jnp.asarray(active), budgets), data),
+        frozen,
     )
     done_steps, history, history_steps = 0, [], []
     while done_steps < steps:
@@ -371,6 +412,8 @@ def invert_batch(
     )
     if keep_best:
         out.update(best_mse=carry["best_mse"], best_step=carry["best_step"])
+    if n_probes:
+        out["best_drift"] = carry["best_drift"]
     out = jax.tree_util.tree_map(lambda x: np.asarray(x)[:b], jax.device_get(out))
     out["history"] = (
         jax.tree_util.tree_map(lambda *xs: np.stack(xs)[:, :b], *history) if history else {}

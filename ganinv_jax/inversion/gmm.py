@@ -385,13 +385,19 @@ def step(state, frozen: base.Frozen, cfg):
     return new, metrics
 
 
+def tuned_g(state, frozen: base.Frozen, cfg):
+    """θ' of a state: the weights the run reached (iterative; φ alone cannot rebuild them), or
+    θ0 corrected by M_φ of the gradient at θ0 (one-shot)."""
+    if _iterative(cfg):
+        return state["theta"]
+    return tuned_params(state["phi"].fast, frozen.arch.tunable(frozen.g["params"]), state["g"], cfg)
+
+
 def result(state, frozen: base.Frozen, cfg):
-    theta0 = frozen.arch.tunable(frozen.g["params"])
-    if _iterative(cfg):  # the weights the run reached; φ alone cannot rebuild them
-        theta = state["theta"]
-        tuned = base.tree_sub(theta, theta0)
+    theta = tuned_g(state, frozen, cfg)
+    if _iterative(cfg):
+        tuned = base.tree_sub(theta, frozen.arch.tunable(frozen.g["params"]))
     else:
-        theta = tuned_params(state["phi"].fast, theta0, state["g"], cfg)
         tuned = state["phi"].fast
     recon = base.synthesize(frozen, state["ws"][None], theta)[0]
     return dict(latent=state["ws"], recon=recon, tuned=tuned)
@@ -401,4 +407,6 @@ def converged(metrics, cfg):
     return metrics["mse"] < cfg.stop_mse
 
 
-METHOD = base.Method("gmm", init, step, result, default_config, converged, tunes_weights=True)
+METHOD = base.Method(
+    "gmm", init, step, result, default_config, converged, tunes_weights=True, tuned_g=tuned_g
+)

@@ -135,4 +135,10 @@ def converged(metrics, cfg):
     return jnp.logical_or(by_lpips, metrics["mse"] < cfg.stop_mse)
 
 
-METHOD = base.Method("pti", init, step, result, default_config, converged, tunes_weights=True)
+def tuned_g(state, frozen: base.Frozen, cfg):
+    return state["params"]
+
+
+METHOD = base.Method(
+    "pti", init, step, result, default_config, converged, tunes_weights=True, tuned_g=tuned_g
+)

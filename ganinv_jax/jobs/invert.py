@@ -542,6 +542,7 @@ def invert_local(ctx: Context, ids: Sequence[int], loaded: Optional[list] = None
         steps_per_call=int(ctx.config.steps_per_call),
         devices=ctx.devices,
         keep_best=bool(ctx.config.keep_best),
+        max_drift=float(ctx.config.max_drift),
     )
     recon = np.asarray(out["recon"], np.float32)
     win = min(11, res - (1 - res % 2))
