@@ -198,6 +198,9 @@ def test_nan_marks_failed_and_keeps_last_finite_state(setup):
     assert np.isfinite(out["recon"]).all()
 
 
+_NO_BUDGET = dict(max_drift=1e9, drift_probes=4)
+
+
 def test_keep_best_returns_the_lowest_error_state(setup):
     """keep_best: a run whose steps make the reconstruction worse (PTI at lr 0.3: Adam's first
     step moves every weight by 0.3) returns its start, the pivot, exactly; a run that improves
@@ -226,7 +229,8 @@ def test_keep_best_returns_the_lowest_error_state(setup):
         np.testing.assert_array_equal(leaf, 0.0)
     np.testing.assert_allclose(guarded["best_mse"], mse(guarded), rtol=1e-5)
 
-    good = _run(pti.METHOD, fr, x, ids, _pti_cfg(), 4, keep_best=True, **one)
+    # with a drift budget that never binds (and the compile the drift-budget test reuses)
+    good = _run(pti.METHOD, fr, x, ids, _pti_cfg(), 4, keep_best=True, **_NO_BUDGET, **one)
     np.testing.assert_array_equal(good["best_step"], [4, 4, 4])
     assert np.all(good["best_mse"] < pivot_mse)
     np.testing.assert_allclose(good["best_mse"], mse(good), rtol=1e-5)
@@ -238,7 +242,7 @@ def test_drift_budget_keeps_the_best_state_within_it(setup):
     budget is a runtime input. best_drift is recomputed here from the returned weight delta."""
     fr, imgs = setup
     x, ids = imgs[2:5], IDS[2:5]
-    one = dict(devices=jax.devices()[:1], keep_best=True, drift_probes=4)
+    one = dict(devices=jax.devices()[:1], keep_best=True, drift_probes=_NO_BUDGET["drift_probes"])
     ws = base.random_ws(fr, jax.random.key(engine.DRIFT_PROBE_SEED), 4)
     orig = np.asarray(base.synthesize(fr, ws))
     theta0 = fr.g["params"]["synthesis"]
@@ -247,7 +251,7 @@ def test_drift_budget_keeps_the_best_state_within_it(setup):
         p = jax.tree_util.tree_map(lambda d, b: b + d[i], out["tuned"], theta0)
         return np.mean((np.asarray(base.synthesize(fr, ws, p)) - orig) ** 2) / 4.0
 
-    free = _run(pti.METHOD, fr, x, ids, _pti_cfg(), 4, max_drift=1e9, **one)
+    free = _run(pti.METHOD, fr, x, ids, _pti_cfg(), 4, max_drift=_NO_BUDGET["max_drift"], **one)
     np.testing.assert_array_equal(free["best_step"], [4, 4, 4])  # an improving run: its end
     free_drift = np.array([drift(free, i) for i in range(3)])
     assert np.all(free_drift > 0)

@@ -183,9 +183,10 @@ def test_encoder_ft_tunes_each_images_encoder(tmp_path, encoder_method_run, enc_
         (dict(method="encoder_ft", encoder="none"), "needs a trained encoder"),
         (dict(method="encoder", init="mean_w"), "starts from its encoder"),
         (dict(init="encoder", encoder="/no/such/encoder"), "no such encoder directory"),
+        (dict(method="pti", max_drift=0.01, keep_best=False), "needs config.keep_best=True"),
     ],
 )
-def test_encoder_settings_fail_in_one_line(tmp_path, overrides, message):
+def test_bad_settings_fail_in_one_line(tmp_path, overrides, message):
     config = support.job_config("default", data__limit=N, **overrides)
     with pytest.raises(invert.JobError) as e:
         invert.prepare(config, str(tmp_path / "w"), devices=jax.devices()[:1])

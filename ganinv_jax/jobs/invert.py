@@ -238,6 +238,11 @@ def validate(config) -> None:
         raise JobError(f"config.init_space={config.init_space!r}: 'w' or 'w+'")
     if config.data.resize_mode not in ("crop", "pad"):
         raise JobError(f"config.data.resize_mode={config.data.resize_mode!r}: 'crop' or 'pad'")
+    if float(config.max_drift) < 0 or (float(config.max_drift) > 0 and not config.keep_best):
+        raise JobError(
+            f"config.max_drift={config.max_drift}: a drift budget >= 0, and > 0 needs "
+            "config.keep_best=True (it selects among the kept states)"
+        )
     tiling.check_tile(config.tile, save_png=bool(config.output.save_png))
 
 
