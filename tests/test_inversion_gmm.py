@@ -188,20 +188,25 @@ def test_gmm_iterative_with_frozen_identity_modules_is_its_optimizer(
 
 
 def test_gmm_grad_reg_feeds_the_gradient_of_reconstruction_plus_localization(setup, gmm_state):
-    # grad_reg: after a step, the g_t the modules are fed is ∂L_rec/∂θ_t + reg_weight ∂L_R/∂θ_t
-    # (L_R on the step's fresh random latents), each part differentiated on its own here
+    # grad_reg: after a step, the g_t the modules are fed is ∂L_rec/∂θ_t + λ reg_weight ∂L_R/∂θ_t
+    # (L_R on the step's fresh random latents), each part differentiated on its own here; with
+    # reg_target (always exceeded here) the step first raises λ from 1 to e^reg_adapt_rate
     fr, _ = setup
     st0, c = gmm_state
     c = c.copy_and_resolve_references()
     c.update(lr=0.0, update_mode="iterative", out_scale=0.5, grad_reg=True, reg_weight=3.0)
+    c.update(reg_target=1e-12, reg_adapt_rate=0.05)
     theta0 = fr.g["params"]["synthesis"]
-    st1 = jax.jit(lambda s: gmm.step(s, fr, c)[0])(dict(st0, theta=theta0))
+    st0 = dict(st0, theta=theta0, log_reg_scale=jnp.zeros((), jnp.float32))
+    st1, m1 = jax.jit(lambda s: gmm.step(s, fr, c))(st0)
+    assert float(m1["reg_scale"]) == 1.0 and float(m1["reg_mse"]) > 0
+    np.testing.assert_allclose(float(st1["log_reg_scale"]), 0.05, rtol=1e-6)
     theta1, reg_key = st1["theta"], jax.random.fold_in(st1["key"], 1)
     g_rec = gmm.conv_grads(fr, theta1, st0["ws"], st0["image"], c)
-    g_reg = jax.grad(lambda p: gmm._reg_loss(fr, p, reg_key, c))(theta1)
+    g_reg = jax.grad(lambda p: gmm._reg_loss(fr, p, reg_key, c)[0])(theta1)
     for path in gmm.conv_paths(theta0):
         k = "/".join(path)
-        want = g_rec[k] + 3.0 * gmm._get(g_reg, path)
+        want = g_rec[k] + np.exp(0.05) * 3.0 * gmm._get(g_reg, path)
         np.testing.assert_allclose(st1["g"][k], want, rtol=1e-4, atol=1e-7)
     # θ_1 moved, so the localization part is there: g differs from L_rec's alone
     diff = sum(float(jnp.sum(jnp.abs(st1["g"][k] - g_rec[k]))) for k in g_rec)
@@ -209,6 +214,18 @@ def test_gmm_grad_reg_feeds_the_gradient_of_reconstruction_plus_localization(set
     c.update_mode = "once"
     with pytest.raises(ValueError, match="grad_reg needs update_mode='iterative'"):
         gmm._grad_reg_key(reg_key, c)
+
+
+def test_gmm_reg_target_multiplier_is_bounded_dual_ascent():
+    c = gmm.default_config()
+    c.update(reg_target=0.01, reg_adapt_rate=0.1)
+    up = lambda log, mse: float(gmm._reg_multiplier(jnp.float32(log), jnp.float32(mse), c))
+    np.testing.assert_allclose(up(0.0, 0.015), 0.05, rtol=1e-5)  # 50% over: +0.1 * 0.5
+    np.testing.assert_allclose(up(0.0, 1.0), 0.1, rtol=1e-5)  # far over: clipped to +rate
+    np.testing.assert_allclose(up(1.0, 0.005), 0.95, rtol=1e-5)  # under: back toward λ = 1
+    assert up(0.02, 0.0) == 0.0  # never below λ = 1 (the configured weight)
+    top = np.log(gmm.REG_SCALE_MAX)
+    np.testing.assert_allclose(up(top, 1.0), top, rtol=1e-6)  # capped
 
 
 def test_step_size_ramps(setup):

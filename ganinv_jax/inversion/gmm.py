@@ -91,6 +91,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.reg_l2_weight = 0.1
     c.reg_lpips_weight = 0.1
     c.stop_mse = -1.0
+    # > 0: a per-image multiplier λ_t >= 1 of reg_weight, raised while L_R's MSE part (images on
+    # [0, 1], on that step's random latents) is above this target and lowered back toward 1
+    # below it: log λ_{t+1} = log λ_t + reg_adapt_rate * clip(mse_R / reg_target - 1, -1, 1),
+    # 1 <= λ <= 1e3 (dual ascent on the drift constraint; not the paper). Only the images that
+    # drift get the heavier term; with grad_reg it moves θ directly.
+    c.reg_target = -1.0
+    c.reg_adapt_rate = 0.05
     return c
 
 
@@ -228,26 +235,39 @@ def _rec_loss(frozen, params, ws, image, cfg, perc_target=None):
 
 
 def _reg_loss(frozen, params, key, cfg):
-    """L_R: reg_l2 * MSE + reg_lpips * LPIPS between G(w_r; θ') and G(w_r; θ0), mean over
-    `reg_samples` random w_r."""
+    """(L_R, its MSE part on [0, 1] images): L_R = reg_l2 * MSE + reg_lpips * LPIPS between
+    G(w_r; θ') and G(w_r; θ0), mean over `reg_samples` random w_r."""
     ws_r = base.random_ws(frozen, key, cfg.reg_samples)
     tuned = base.synthesize(frozen, ws_r, params)
     orig = jax.lax.stop_gradient(base.synthesize(frozen, ws_r))
-    return jnp.mean(
-        cfg.reg_l2_weight * jnp.mean(jnp.square(tuned - orig), axis=(1, 2, 3))
+    mse = jnp.mean(jnp.square(tuned - orig), axis=(1, 2, 3))
+    loss = jnp.mean(
+        cfg.reg_l2_weight * mse
         + cfg.reg_lpips_weight * base.perceptual(frozen, tuned, orig, cfg.perceptual)
     )
+    return loss, jnp.mean(mse) / 4.0
 
 
-def conv_grads(frozen, params, ws, image, cfg, perc_target=None, reg_key=None):
+REG_SCALE_MAX = 1e3  # the largest multiplier of reg_weight that reg_target can reach
+
+
+def _reg_multiplier(log_scale, reg_mse, cfg):
+    """The next step's log λ (reg_target > 0): dual ascent on mse_R <= reg_target, with the
+    relative violation clipped to [-1, 1] (one noisy sample moves λ by at most a factor
+    e^reg_adapt_rate) and 1 <= λ <= REG_SCALE_MAX."""
+    excess = jnp.clip(jax.lax.stop_gradient(reg_mse) / cfg.reg_target - 1.0, -1.0, 1.0)
+    return jnp.clip(log_scale + cfg.reg_adapt_rate * excess, 0.0, math.log(REG_SCALE_MAX))
+
+
+def conv_grads(frozen, params, ws, image, cfg, perc_target=None, reg_key=None, reg_scale=1.0):
     """g: {path: ∂L/∂θ} for the conv weights at `params` (stop-gradient); L = L_rec, plus
-    reg_weight * L_R on random latents drawn with `reg_key` when given (grad_reg)."""
+    reg_scale * reg_weight * L_R on random latents drawn with `reg_key` when given (grad_reg)."""
 
     def loss(p):
         rec = _rec_loss(frozen, p, ws, image, cfg, perc_target)[0]
         if reg_key is None:
             return rec
-        return rec + cfg.reg_weight * _reg_loss(frozen, p, reg_key, cfg)
+        return rec + reg_scale * cfg.reg_weight * _reg_loss(frozen, p, reg_key, cfg)[0]
 
     g = jax.grad(loss)(params)
     g = jax.lax.stop_gradient(g)
@@ -286,6 +306,10 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
         state["theta"] = theta0
     if _adam(cfg):
         state["moments"] = _moments(None, state["g"])
+    if cfg.reg_target > 0:
+        if cfg.reg_weight <= 0:
+            raise ValueError("gmm: reg_target adapts the localization term: needs reg_weight > 0")
+        state["log_reg_scale"] = jnp.zeros((), jnp.float32)
     return state
 
 
@@ -347,6 +371,7 @@ def step(state, frozen: base.Frozen, cfg):
     current = _current(state, frozen, cfg)
     image, ws = state["image"], state["ws"]
     fed, scale = _fed(state, cfg), _out_scale(state["t"], cfg)
+    reg_scale = jnp.exp(state["log_reg_scale"]) if cfg.reg_target > 0 else 1.0
 
     def loss_fn(fast):
         theta = tuned_params(fast, current, fed, cfg, scale)
@@ -356,27 +381,38 @@ def step(state, frozen: base.Frozen, cfg):
             if frozen.id_loss is None:
                 raise ValueError("gmm: id_weight > 0 needs Frozen.id_loss (a feature loss)")
             idl = frozen.id_loss(img, image[None])[0]
-        reg = jnp.zeros((), jnp.float32)
+        reg = reg_mse = jnp.zeros((), jnp.float32)
         if cfg.reg_weight > 0:
-            reg = _reg_loss(frozen, theta, kr, cfg)
-        loss = rec + cfg.id_weight * idl + cfg.reg_weight * reg
+            reg, reg_mse = _reg_loss(frozen, theta, kr, cfg)
+        loss = rec + cfg.id_weight * idl + reg_scale * cfg.reg_weight * reg
         # drift: ||θ' - θ0|| / ||θ0|| of the conv weights this step used (diagnostic curve)
         # and grad_rel: ||g|| / ||θ0||, the size of the gradient the modules are fed
         conv0 = {k: _get(theta0, k.split("/")) for k in state["g"]}
         drift = base.relative_change({k: _get(theta, k.split("/")) for k in state["g"]}, conv0)
         grad_rel = base.relative_change(base.tree_sub(conv0, state["g"]), conv0)
         return loss, dict(
-            loss=loss, mse=l2, perceptual=lp, id=idl, reg=reg, drift=drift, grad_rel=grad_rel
+            loss=loss,
+            mse=l2,
+            perceptual=lp,
+            id=idl,
+            reg=reg,
+            reg_mse=reg_mse,
+            reg_scale=jnp.asarray(reg_scale, jnp.float32),
+            drift=drift,
+            grad_rel=grad_rel,
         )
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state["phi"].fast)
     updates, opt = _tx(cfg).update(grads, state["opt"], state["phi"])
     phi = optax.apply_updates(state["phi"], updates)
     new = dict(state, t=state["t"] + 1, key=key, phi=phi, opt=opt)
+    if cfg.reg_target > 0:
+        new["log_reg_scale"] = _reg_multiplier(state["log_reg_scale"], metrics["reg_mse"], cfg)
+        reg_scale = jnp.exp(new["log_reg_scale"])
     if cfg.recompute_g or _iterative(cfg):
         theta = tuned_params(phi.fast, current, fed, cfg, scale)
         new["g"] = conv_grads(
-            frozen, theta, ws, image, cfg, state["perc_target"], _grad_reg_key(key, cfg)
+            frozen, theta, ws, image, cfg, state["perc_target"], _grad_reg_key(key, cfg), reg_scale
         )
         if _iterative(cfg):
             new["theta"] = theta
