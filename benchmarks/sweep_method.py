@@ -167,14 +167,16 @@ def main():
             failed=int(np.sum(out["failed"])),
             wall_s=time.perf_counter() - t,
         )
-        if a.drift:  # the quality table's locality measure, over every image of the sweep
-            row["drift"] = qt.drift(frozen, a.method, out, cfg, range(len(images)))
+        if a.drift:  # the quality table's locality measure: over every image, and per set
+            per_image = qt.drift_per_image(frozen, a.method, out, cfg, range(len(images)))
+            row["drift"] = qt.mean_drift(per_image)
+            row["drift_mse_per_set"] = per_set(per_image["drift_mse"])
         report["points"].append(row)
         print(
             json.dumps(
                 {
                     k: row[k]
-                    for k in [*setting, "mse", "pivot_over_mse", "failed", "drift"]
+                    for k in [*setting, "mse", "pivot_over_mse", "failed", "drift_mse_per_set"]
                     if k in row
                 }
             ),
