@@ -222,13 +222,11 @@ def method_config(name: str, job_defaults: bool):
     main job's settings of it (configs/stylegan2.py). num_steps is the caller's to set."""
     if not job_defaults:
         return inv.METHODS[name].default_config()
-    from repo_configs import get_config
-
-    return get_config("stylegan2")[name].copy_and_resolve_references()
+    return job_setting(name).copy_and_resolve_references()
 
 
 def job_setting(key: str):
-    """A top-level setting of the main job (configs/stylegan2.py)."""
+    """A top-level setting of the main job (configs/stylegan2.py): a value or a method's config."""
     from repo_configs import get_config
 
     return get_config("stylegan2")[key]
