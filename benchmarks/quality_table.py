@@ -60,6 +60,12 @@ OOD_PHOTOS = (
     "cat",
     "text",
     "brick",
+    # Photos past the table's 8, for choosing settings off the table's own photos
+    # (`--ood-first 8`): none of them is in any table.
+    "clock",
+    "gravel",
+    "grass",
+    "immunohistochemistry",
 )
 
 
@@ -105,13 +111,17 @@ def clone_reals(n: int, res: int) -> np.ndarray:
     return from_uint8(fashion_mnist.load_fashion_mnist("train", resolution=res, channels=3)[:n])
 
 
-def ood_photos(n: int, res: int) -> np.ndarray:
+def ood_photos(n: int, res: int, first: int = 0) -> np.ndarray:
+    """n of scikit-image's photos from OOD_PHOTOS[first], gray, center-cropped to res x res."""
     import skimage.data
     from skimage.color import rgb2gray
     from skimage.transform import resize
 
+    names = OOD_PHOTOS[first : first + n]
+    if len(names) < n:
+        raise SystemExit(f"--ood {n} from photo {first}: only {len(OOD_PHOTOS)} in OOD_PHOTOS")
     out = []
-    for name in OOD_PHOTOS[:n]:
+    for name in names:
         img = getattr(skimage.data, name)().astype(np.float32)
         img = img / 255.0 if img.max() > 1.5 else img
         if img.ndim == 3:
@@ -266,6 +276,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--ood", type=int, default=8)
+    ap.add_argument(
+        "--ood-first", type=int, default=0, help="first OOD photo (8: photos outside the table)"
+    )
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--steps-scale", type=float, default=1.0)
     ap.add_argument("--steps", default="", help="per-method steps, e.g. latent_opt=200,pti=150")
@@ -300,7 +313,7 @@ def main():
     g_cfg, gv, dv, encode, g_name = load_generator(a.tiny)
     sets = {"fashion_mnist_test": fashion_mnist_test(a.n, g_cfg.resolution)}
     if a.ood:
-        sets["ood_skimage"] = ood_photos(a.ood, g_cfg.resolution)
+        sets["ood_skimage"] = ood_photos(a.ood, g_cfg.resolution, a.ood_first)
     frozen = inv.make_frozen(
         g_cfg, gv, d_vars=dv, lpips="vgg", reals=clone_reals(a.reals, g_cfg.resolution)
     )

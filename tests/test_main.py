@@ -77,6 +77,10 @@ def test_config_contract():
     paper = pti.default_config()
     assert paper.lr == 3e-4 and paper.lr_rampdown == 0 and paper.lr_rampup == 0
     assert c.pti.reg_weight == pti.default_config().reg_weight
+    # the locality terms that hold the drift on OOD photos (README "Round 11", "Round 12"):
+    # PTI's latents 3 w_std out (the method's 1), GMM's 4 samples also steering θ (paper: φ only)
+    assert c.pti.reg_alpha == 3.0 and pti.default_config().reg_alpha == 1.0
+    assert c.gmm.grad_reg is True and c.gmm.reg_samples == 4 and c.gmm.out_scale == 2e-2
     assert load_config("tiny").steps < c.steps
     assert c.sample.num > 0  # task 'sample' keeps working
     with pytest.raises(ValueError):
