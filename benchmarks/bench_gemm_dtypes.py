@@ -17,6 +17,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from ganinv_jax import atomic
+
 SHAPES = ((4096, 1152, 128), (4096, 576, 64), (1024, 4608, 512), (32768, 1152, 128))
 
 
@@ -50,11 +52,9 @@ def main() -> None:
         loadavg_before=os.getloadavg(),
         rows=rows,
     )
-    text = json.dumps(report, indent=1)
-    print(text)
+    print(json.dumps(report, indent=1))
     if a.out:
-        with open(a.out, "w") as fh:
-            fh.write(text + "\n")
+        atomic.write_json(a.out, report)
 
 
 if __name__ == "__main__":
