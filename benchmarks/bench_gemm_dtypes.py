@@ -12,10 +12,10 @@ Usage: python benchmarks/bench_gemm_dtypes.py [--reps 5] [--out FILE]
 import argparse
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
+from bench_vs_torch import timed
 
 from ganinv_jax import atomic
 
@@ -27,11 +27,8 @@ def gflops_per_s(dtype, m: int, k: int, n: int, reps: int, batch: int = 8) -> fl
     b = jnp.ones((batch, k, n), dtype)
     f = jax.jit(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b, preferred_element_type=jnp.float32))
     f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):  # the fastest counts: the cores are shared
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
+    # the fastest counts: the cores are shared
+    best = min(timed(lambda: f(a, b).block_until_ready()) for _ in range(reps))
     return 2 * batch * m * k * n / best / 1e9
 
 
