@@ -102,7 +102,12 @@ def prepare_ours(a, g_cfg, gvars, lpips_params, images, ws):
     from ganinv_jax.ops import conv as conv_ops
 
     frozen = base.make_frozen(
-        g_cfg, gvars, lpips=lpips_params if not a.mse_only else None, w_stats_samples=1000
+        g_cfg,
+        gvars,
+        lpips=lpips_params if not a.mse_only else None,
+        w_stats_samples=1000,
+        lpips_dtype=a.lpips_dtype,
+        g_dtype=a.g_dtype,
     )
     method = inv.METHODS["pti"]
     cfg = method.default_config()
@@ -148,6 +153,18 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--mse-only", action="store_true", help="loss = MSE (no LPIPS on either side)")
     ap.add_argument("--impl", default="auto", help="conv form: auto | native | matmul")
+    ap.add_argument(
+        "--lpips-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="ours: operand dtype of LPIPS-VGG's GEMMs (torch stays float32)",
+    )
+    ap.add_argument(
+        "--g-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="ours: operand dtype of G's conv GEMMs (torch stays float32)",
+    )
     ap.add_argument(
         "--strategy", default="auto", help="engine strategy: auto | map | vmap | chunked"
     )
@@ -243,6 +260,8 @@ def main() -> None:
         gflop_per_img_step=info["gflop_per_img_step"],
         gflops_per_s=info["gflop_per_img_step"] * ours_rate,
         conv_impl=info["conv_impl"],
+        lpips_dtype=a.lpips_dtype,
+        g_dtype=a.g_dtype,
         strategy=info["strategy"],
     )
     report["pct_of_matmul_peak"] = 100.0 * report["gflops_per_s"] / peak

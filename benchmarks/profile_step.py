@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--impl", default="auto", help="conv form: auto | native | matmul")
     ap.add_argument("--no-lpips", action="store_true", help="pooled_l2 instead of LPIPS-VGG")
+    ap.add_argument("--lpips-dtype", default="float32", help="float32 | bfloat16 (GEMM operands)")
+    ap.add_argument("--g-dtype", default="float32", help="float32 | bfloat16 (G's GEMM operands)")
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
 
@@ -60,6 +62,7 @@ def main() -> None:
 
     with conv_ops.use_impl(a.impl):
         cfg, frozen, method, mcfg = bench_inversion._random_setup(a.model, a.method, not a.no_lpips)
+        frozen = frozen.replace(lpips_dtype=a.lpips_dtype, g_dtype=a.g_dtype)
         images = jax.random.uniform(
             jax.random.key(2),
             (a.batch, cfg.resolution, cfg.resolution, cfg.img_channels),
@@ -104,6 +107,8 @@ def main() -> None:
         conv_impl=impl,
         strategy=strategy,
         lpips=not a.no_lpips,
+        lpips_dtype=a.lpips_dtype,
+        g_dtype=a.g_dtype,
         op_ms_per_img_step=ms(total),
         by_kind_ms_per_img_step={k: ms(v) for k, v in kinds.most_common(20)},
         by_kind_share={k: round(v / total, 3) for k, v in kinds.most_common(20)},

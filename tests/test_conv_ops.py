@@ -278,3 +278,77 @@ def test_lpips_equals_in_both_forms():
     assert float(out["native"][0]) > 0.05
     _close(out["auto"][0], out["native"][0], 1e-5)
     _close(out["auto"][1], out["native"][1])
+
+
+def _bf16_round(a):
+    return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("impl", ["matmul", "native", "hybrid"])
+@pytest.mark.parametrize("name,fn,xs,ws", CASES, ids=[c[0] for c in CASES])
+def test_bf16_operands_equal_float32_on_rounded_operands(name, fn, xs, ws, impl):
+    """bf16 GEMM operands with float32 accumulation: values, input and weight gradients equal
+    the float32 native conv of the bf16-rounded input, kernel and output cotangent (bf16 x bf16
+    products are exact in float32; only the order of the float32 sums differs)."""
+    x, w = _inputs(xs, ws)
+
+    def loss(x, w, impl, cot_round):
+        y = fn(x, w, impl)
+        cot = cot_round(jnp.cos(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)))
+        return jnp.sum(y * cot), y
+
+    vg = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    (_, y_ref), (dx_ref, dw_ref) = jax.jit(
+        lambda x, w: vg(_bf16_round(x), _bf16_round(w), "native", _bf16_round)
+    )(x, w)
+    with conv_ops.use_operand_dtype(jnp.bfloat16):
+        (_, y), (dx, dw) = jax.jit(lambda x, w: vg(x, w, impl, _bf16_round))(x, w)
+    assert y.dtype == dx.dtype == dw.dtype == jnp.float32
+    _close(y, y_ref)
+    _close(dx, dx_ref)
+    _close(dw, dw_ref)
+    # the rounding is real: plain float32 differs from it by more than float32 rounding
+    y32 = jax.jit(lambda x, w: fn(x, w, "native"))(x, w)
+    assert np.abs(np.asarray(y32) - np.asarray(y)).max() / np.abs(np.asarray(y32)).max() > 1e-4
+
+
+def _shard_map_8(f, xs, ws):
+    """vmap over images inside a shard_map of the image axis over the 8 fake devices."""
+    mesh = sharding.make_mesh(8, explicit=True)
+    spec = NamedSharding(mesh, P("data"))
+    mapped = jax.shard_map(
+        lambda x, w: jax.vmap(f)(x, w),
+        mesh=mesh,
+        in_specs=(P("data"), P("data")),
+        out_specs=P("data"),
+    )
+    return mapped(jax.device_put(xs, spec), jax.device_put(ws, spec))
+
+
+@pytest.mark.parametrize("mapper", list(MAPPERS) + ["shard_map_8"])
+@pytest.mark.parametrize("case", ["3x3_same", "transpose2x_3", "1x1"])
+def test_bf16_operands_per_image_kernels_under_loops_and_devices(case, mapper):
+    """The engine's shapes with bf16 operands: per-image kernels under vmap / lax.map / a scan
+    and on 8 devices, against the float32 native conv of the rounded operands, image by image."""
+    _, fn, xs, ws = next(c for c in CASES if c[0] == case)
+    b = 8
+    kx, kw = jax.random.split(jax.random.key(5))
+    x = jax.random.normal(kx, (b,) + xs[1:])
+    w = jax.random.normal(kw, (b,) + ws)
+
+    def image_grads(impl):
+        def loss(x, w):
+            y = fn(x[None], w, impl)
+            cot = jnp.sin(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape))
+            return jnp.sum(y * _bf16_round(cot))
+
+        return jax.grad(loss, argnums=(0, 1))
+
+    ref = jax.jit(lambda x, w: image_grads("native")(_bf16_round(x), _bf16_round(w)))
+    run = _shard_map_8 if mapper == "shard_map_8" else MAPPERS[mapper]
+    with conv_ops.use_operand_dtype(jnp.bfloat16):
+        dx, dw = jax.device_get(jax.jit(lambda x, w: run(image_grads("matmul"), x, w))(x, w))
+    for i in range(b):
+        ref_dx, ref_dw = ref(x[i], w[i])
+        _close(dx[i], ref_dx)
+        _close(dw[i], ref_dw)

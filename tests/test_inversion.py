@@ -186,6 +186,28 @@ def test_pti_vmap_equals_map_and_alone(pti_runs):
     _assert_same(pti_runs["alone"], pti_runs["ref"], slice(0, 1), slice(5, 6))
 
 
+def test_bf16_gemm_operands_tune_close_to_float32(setup, pti_runs):
+    """make_frozen(g_dtype='bfloat16'): G's conv GEMMs take bf16-rounded operands (float32
+    accumulation); the images stay within bf16 rounding of float32 G's, and PTI through the
+    engine (vmap over per-image weights) still tunes every image."""
+    fr, imgs = setup
+    fr16 = base.make_frozen(
+        fr.g_cfg, fr.g, d_vars=fr.d, lpips=None, w_stats_samples=512, g_dtype="bfloat16"
+    )
+    ws = base.random_ws(fr, jax.random.key(3), 4)
+    x32, x16 = np.asarray(base.synthesize(fr, ws)), np.asarray(base.synthesize(fr16, ws))
+    assert x16.dtype == np.float32
+    err = np.abs(x16 - x32).max() / np.abs(x32).max()
+    assert 1e-5 < err < 2e-2, err  # rounded (not float32), but only by bf16's 8 bits
+    c = _pti_cfg()
+    out = _run(pti.METHOD, fr16, imgs, IDS, c, 4, strategy="vmap", devices=jax.devices()[:1])
+    mse = lambda o: np.mean((o["recon"] - imgs) ** 2, axis=(1, 2, 3))  # noqa: E731
+    assert np.all(mse(out)[2:] < mse(pti_runs["short"])[2:])  # below float32's 1-step MSE
+    np.testing.assert_allclose(mse(out)[2:], mse(pti_runs["ref"])[2:], rtol=0.05)
+    with pytest.raises(ValueError, match="g_dtype='float16'"):
+        base.make_frozen(fr.g_cfg, fr.g, lpips=None, w_stats_samples=16, g_dtype="float16")
+
+
 def test_nan_marks_failed_and_keeps_last_finite_state(setup):
     fr, imgs = setup
     bad = imgs.copy()

@@ -255,6 +255,7 @@ def test_resume_with_other_settings_fails_fast(tmp_path, gen_dir, images_npy, re
         ({"data__path": "/nonexistent/images"}, "no such file or folder"),
         ({"steps": 0}, "config.steps"),
         ({"init": "magic"}, "config.init"),
+        ({"g_dtype": "float16"}, "config.g_dtype='float16'"),
         ({"latent_opt__space": "z"}, None),  # a bad method value surfaces from the method itself
     ],
 )

@@ -36,6 +36,7 @@ from ganinv_jax.inversion import arch as arch_lib
 from ganinv_jax.inversion.arch import arch_for, w_statistics  # noqa: F401 (re-exported)
 from ganinv_jax.losses import common as loss_common
 from ganinv_jax.models import stylegan2 as sg2
+from ganinv_jax.ops import conv as conv_ops
 
 Array = jax.Array
 PyTree = Any
@@ -70,6 +71,10 @@ class Frozen:
       w = mapping(z) and the projector's scalar spread sqrt(E|w - w_avg|^2); other
       architectures: the center of their start latent and the spread of their random latents.
     g_cfg: the generator's config (static). lpips_net: 'vgg' | 'alex' (static).
+    lpips_dtype, g_dtype: 'float32' | 'bfloat16' (static): the operand dtype of the GEMMs of the
+      LPIPS backbone in the methods' losses / of G's convolutions in `synthesize` (bf16: operands
+      rounded, float32 accumulation, activations and parameters -- mixed precision; XLA:CPU runs
+      such GEMMs ~2x float32 on AVX512-BF16). Metrics and tables always use float32 LPIPS.
     id_loss: optional feature loss (x, y, NHWC batches) -> [N] for GMM's identity term (static).
     arch: the `inversion.arch.Arch` (static); None -> `arch_for(g_cfg)` (its defaults).
     encoder: a trained encoder's params (`ganinv_jax.encoders`) or None; encoder_cfg: its
@@ -84,6 +89,8 @@ class Frozen:
     lpips: Optional[PyTree] = None
     reals: Optional[Array] = None
     lpips_net: str = flax.struct.field(pytree_node=False, default="vgg")
+    lpips_dtype: str = flax.struct.field(pytree_node=False, default="float32")
+    g_dtype: str = flax.struct.field(pytree_node=False, default="float32")
     id_loss: Optional[Callable] = flax.struct.field(pytree_node=False, default=None)
     arch: Optional[arch_lib.Arch] = flax.struct.field(pytree_node=False, default=None)
     encoder: Optional[PyTree] = None
@@ -92,6 +99,9 @@ class Frozen:
     def __post_init__(self):
         if self.arch is None:
             object.__setattr__(self, "arch", arch_for(self.g_cfg))
+
+
+GEMM_DTYPES = ("float32", "bfloat16")
 
 
 def make_frozen(
@@ -106,13 +116,18 @@ def make_frozen(
     lpips_net: Optional[str] = None,
     arch: Optional[arch_lib.Arch] = None,
     encoder: Any = None,
+    lpips_dtype: str = "float32",
+    g_dtype: str = "float32",
 ) -> Frozen:
     """Builds the frozen inputs. `lpips`: 'vgg' | 'alex' (load the real weights), a params pytree
     (of net `lpips_net`, default 'vgg'), or None (no LPIPS: methods must then use
     perceptual='none' or 'pooled_l2'). `arch`: an `inversion.arch.Arch` for `g_cfg` (default
     `arch_for(g_cfg)`; e.g. `arch_for(biggan_cfg, truncation=0.4, class_mode='given')`).
     `encoder`: a `encoders.TrainedEncoder` (for the `encoder` / `encoder_ft` methods), checked
-    against `g_cfg`."""
+    against `g_cfg`. `lpips_dtype`, `g_dtype`: 'float32' | 'bfloat16' (see `Frozen`)."""
+    for name, value in (("lpips_dtype", lpips_dtype), ("g_dtype", g_dtype)):
+        if value not in GEMM_DTYPES:
+            raise ValueError(f"{name}={value!r}: expected one of {GEMM_DTYPES}")
     net = lpips_net or "vgg"
     if isinstance(lpips, str):
         net = lpips
@@ -134,6 +149,8 @@ def make_frozen(
         lpips=lpips,
         reals=None if reals is None else jnp.asarray(reals, jnp.float32),
         lpips_net=net,
+        lpips_dtype=lpips_dtype,
+        g_dtype=g_dtype,
         id_loss=id_loss,
         arch=arch,
         encoder=None if encoder is None else encoder.params,
@@ -156,7 +173,8 @@ def synthesize(
     """latents [N, *latent_shape] -> images [N,H,W,C] with G params `params` (default: the
     frozen ones). `params` may be the full G param tree or its tunable sub-tree (StyleGAN2:
     'synthesis'). Noise arguments only mean something for StyleGAN2."""
-    return frozen.arch.render(frozen.g, ws, params, noise_mode=noise_mode, noise=noise, rng=rng)
+    with conv_ops.use_operand_dtype(jnp.dtype(frozen.g_dtype)):
+        return frozen.arch.render(frozen.g, ws, params, noise_mode=noise_mode, noise=noise, rng=rng)
 
 
 def mapping(frozen: Frozen, z: Array, params: Optional[PyTree] = None) -> Array:
@@ -220,7 +238,9 @@ def _lpips_features(frozen: Frozen, x: Array) -> tuple[Array, ...]:
     if x.shape[1] < 16:  # VGG's minimum size: nearest-neighbour upsampling
         f = -(-16 // x.shape[1])
         x = jnp.repeat(jnp.repeat(x, f, 1), f, 2)
-    return losses.lpips_features(frozen.lpips, x, net=frozen.lpips_net)
+    return losses.lpips_features(
+        frozen.lpips, x, net=frozen.lpips_net, dtype=jnp.dtype(frozen.lpips_dtype)
+    )
 
 
 def perceptual_target(frozen: Frozen, y: Array, kind: str) -> PyTree:

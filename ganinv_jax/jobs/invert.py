@@ -40,6 +40,7 @@ from absl import logging
 from ganinv_jax import atomic, errors, preemption
 from ganinv_jax.data import images as image_io
 from ganinv_jax.errors import UserError
+from ganinv_jax.inversion.base import GEMM_DTYPES
 from ganinv_jax.jobs import manifest as manifest_lib
 from ganinv_jax.jobs import methods as methods_lib
 from ganinv_jax.jobs import records, reporting, sources, tiling
@@ -342,6 +343,9 @@ def run_settings(
         out["arch"] = arch
     if encoder != "invgan":  # runs from before trained encoders used the InvGAN head or none
         out["encoder"] = encoder
+    dtypes = {k: config.get(k, "float32") for k in ("g_dtype", "lpips_dtype")}
+    if set(dtypes.values()) != {"float32"}:  # float32 runs keep their old settings
+        out["gemm_dtypes"] = dtypes
     return out
 
 
@@ -391,6 +395,9 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
             f"uneven hosts: {len(global_devices)} devices over {nproc} processes "
             f"with {len(local)} here"
         )
+    for key in ("g_dtype", "lpips_dtype"):  # before the manifest: a typo costs nothing
+        if config.get(key, "float32") not in GEMM_DTYPES:
+            raise JobError(f"config.{key}={config.get(key)!r}: expected one of {GEMM_DTYPES}")
     mcfg = method_run_config(config, method, init)
     init_cfg = pivot_config(config, has_encoder) if init == "latent_opt" else None
     settings = run_settings(
@@ -416,6 +423,8 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
         g_cfg,
         gan.G,
         lpips=lpips_params,
+        g_dtype=config.get("g_dtype", "float32"),
+        lpips_dtype=config.get("lpips_dtype", "float32"),
         lpips_net=losses.perceptual.canonical_net(config.lpips_net),
         d_vars=gan.params.get("D") if method.name == "clone" else None,
         # Clone's reals feed its GAN terms only (off in the job by default: none loaded)

@@ -25,6 +25,14 @@ On GPU/TPU the native convolutions are fast (cuDNN / the TPU conv unit), so `imp
 'matmul' on CPU and 'native' elsewhere. Both forms compute the same sums (tests check values and
 gradients to float32 rounding); only the order of additions differs.
 
+bf16 GEMM operands (`operand_dtype=jnp.bfloat16` on a call, or `use_operand_dtype` around
+tracing): every GEMM (forward and both gradients) rounds its two operands to bf16 and accumulates
+and returns float32; activations, gradients and weights stay float32 (mixed precision). On CPUs
+with AVX512-BF16 XLA runs such GEMMs ~2x float32, while a GEMM whose *result* is bf16 runs at
+0.25-0.56x float32 and XLA's native conv gains nothing (0.87-0.97x; bench_gemm_dtypes.py),
+so on CPU a bf16 conv always takes the GEMM form. The native form (GPU/TPU) convolves the
+bf16-rounded operands in float32: the same values, no speed-up measured (no accelerator lent).
+
 Selecting the form: `impl=` on a call, or `with conv.use_impl('native'): ...` around tracing, or
 the environment variable GANINV_CONV_IMPL=native|matmul|auto. The choice is read at trace time:
 jit-compiled functions keep the form they were traced with.
@@ -46,8 +54,10 @@ from jax import lax
 IMPLS = ("native", "matmul", "hybrid")
 _ENV = "GANINV_CONV_IMPL"
 _override: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("conv_impl", default=None)
+_operand_override: contextvars.ContextVar = contextvars.ContextVar("conv_operand", default=None)
 
 Padding = Union[int, Sequence[tuple[int, int]]]
+OperandDtype = Optional[jnp.dtype]  # None: the GEMMs run in the inputs' dtype
 
 
 def resolve_impl(impl: Optional[str] = None, backend: Optional[str] = None) -> str:
@@ -85,6 +95,25 @@ def use_impl(impl: str) -> Iterator[None]:
         _override.reset(token)
 
 
+@contextlib.contextmanager
+def use_operand_dtype(dtype) -> Iterator[None]:
+    """Context in which every conv traced without an explicit `operand_dtype` rounds its GEMM
+    operands to `dtype` (None / float32: plain float32). Read at trace time, like `use_impl`."""
+    token = _operand_override.set(dtype)
+    try:
+        yield
+    finally:
+        _operand_override.reset(token)
+
+
+def _resolve_operand_dtype(operand_dtype) -> OperandDtype:
+    """The explicit `operand_dtype`, else `use_operand_dtype`'s; None for float32."""
+    d = operand_dtype if operand_dtype is not None else _operand_override.get()
+    if d is None or jnp.dtype(d) == jnp.float32:
+        return None
+    return jnp.dtype(d)
+
+
 def _pad_pairs(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
     if isinstance(padding, int):
         return (padding, padding), (padding, padding)
@@ -109,30 +138,89 @@ def im2col(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
-def _matmul_last(x: jax.Array, w2d: jax.Array) -> jax.Array:
+def _dot(a: jax.Array, b: jax.Array, dims, operand_dtype: OperandDtype = None) -> jax.Array:
+    """lax.dot_general; with `operand_dtype` both operands are rounded to it and the product is
+    accumulated and returned in float32."""
+    if operand_dtype is None:
+        return lax.dot_general(a, b.astype(a.dtype), dims)
+    return lax.dot_general(
+        a.astype(operand_dtype),
+        b.astype(operand_dtype),
+        dims,
+        preferred_element_type=jnp.float32,
+    )
+
+
+def _matmul_last(x: jax.Array, w2d: jax.Array, operand_dtype: OperandDtype = None) -> jax.Array:
     """x [..., K] @ w2d [K, O] as one dot_general (a batched GEMM when vmapped over w)."""
-    return lax.dot_general(x, w2d.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+    if operand_dtype is None:
+        return _dot(x, w2d, (((x.ndim - 1,), (0,)), ((), ())))
+    return _matmul_last_rounded(x, w2d, operand_dtype)
+
+
+# With rounded operands autodiff's transposes would return the gradients in the operands' dtype
+# (bf16-rounded, and a bf16-result GEMM is slow on CPU): both gradients are float32-result GEMMs.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_last_rounded(x: jax.Array, w2d: jax.Array, operand_dtype) -> jax.Array:
+    return _dot(x, w2d, (((x.ndim - 1,), (0,)), ((), ())), operand_dtype)
+
+
+def _matmul_last_rounded_fwd(x, w2d, operand_dtype):
+    return _matmul_last_rounded(x, w2d, operand_dtype), (x, w2d)
+
+
+def _matmul_last_rounded_bwd(operand_dtype, res, dy):
+    x, w2d = res
+    dx = _dot(dy, w2d, (((dy.ndim - 1,), (1,)), ((), ())), operand_dtype)
+    k, o = w2d.shape
+    dw = _dot(x.reshape(-1, k), dy.reshape(-1, o), (((0,), (0,)), ((), ())), operand_dtype)
+    return dx, dw
+
+
+_matmul_last_rounded.defvjp(_matmul_last_rounded_fwd, _matmul_last_rounded_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _round_operand(a: jax.Array, dtype) -> jax.Array:
+    """`a` rounded to `dtype` and back, with an identity gradient (the float32 cotangent)."""
+    return a.astype(dtype).astype(a.dtype)
+
+
+_round_operand.defvjp(lambda a, dtype: (_round_operand(a, dtype), None), lambda _d, _r, g: (g,))
 
 
 def conv2d(
-    x: jax.Array, w: jax.Array, *, stride: int = 1, padding: Padding = 0, impl: Optional[str] = None
+    x: jax.Array,
+    w: jax.Array,
+    *,
+    stride: int = 1,
+    padding: Padding = 0,
+    impl: Optional[str] = None,
+    operand_dtype: OperandDtype = None,
 ) -> jax.Array:
-    """NHWC x HWIO correlation (torch's conv2d), zero padding ((top, bottom), (left, right))."""
+    """NHWC x HWIO correlation (torch's conv2d), zero padding ((top, bottom), (left, right)).
+
+    operand_dtype: e.g. jnp.bfloat16: GEMM operands rounded to it, float32 accumulation and
+    result (see the module docstring); float32: plain; None: `use_operand_dtype`'s, else plain."""
     (pt, pb), (pl, pr) = _pad_pairs(padding)
-    w = w.astype(x.dtype)
     impl = resolve_impl(impl)
+    operand_dtype = _resolve_operand_dtype(operand_dtype)
+    if operand_dtype is None:
+        w = w.astype(x.dtype)
+    elif impl == "hybrid":  # its native forward conv gains nothing from bf16 on CPU
+        impl = "matmul"
     if impl == "hybrid" and stride == 1:
         return _conv_hybrid(x, w, ((pt, pb), (pl, pr)))
     if impl == "native":
-        return _native(x, w, stride, ((pt, pb), (pl, pr)))
+        return _native(x, w, stride, ((pt, pb), (pl, pr)), operand_dtype)
     kh, kw, cin, cout = w.shape
     if (pt, pb, pl, pr) != (0, 0, 0, 0):
         x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     if kh == kw == 1:
-        return _matmul_last(x[:, ::stride, ::stride, :], w.reshape(cin, cout))
+        return _matmul_last(x[:, ::stride, ::stride, :], w.reshape(cin, cout), operand_dtype)
     if stride == 1 and kh == kw:
-        return _conv_gemm(x, w)
-    return _matmul_last(im2col(x, kh, kw, stride), w.reshape(kh * kw * cin, cout))
+        return _conv_gemm(x, w, operand_dtype)
+    return _matmul_last(im2col(x, kh, kw, stride), w.reshape(kh * kw * cin, cout), operand_dtype)
 
 
 def _sum_of_windows(t: jax.Array, k: int, out_h: int, out_w: int, offset: int) -> jax.Array:
@@ -153,25 +241,28 @@ def _sum_of_windows(t: jax.Array, k: int, out_h: int, out_w: int, offset: int) -
     return out
 
 
-@jax.custom_vjp
-def _conv_gemm(xp: jax.Array, w: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_gemm(xp: jax.Array, w: jax.Array, operand_dtype: OperandDtype = None) -> jax.Array:
     """Stride-1 'valid' correlation of an already padded xp with w, as im2col + GEMM."""
-    return _conv_gemm_fwd(xp, w)[0]
+    return _conv_gemm_fwd(xp, w, operand_dtype)[0]
 
 
-def _conv_gemm_fwd(xp, w):
+def _conv_gemm_fwd(xp, w, operand_dtype):
     kh, kw, cin, cout = w.shape
     cols = im2col(xp, kh, kw)
-    return _matmul_last(cols, w.reshape(kh * kw * cin, cout)), (cols, w)
+    return _matmul_last(cols, w.reshape(kh * kw * cin, cout), operand_dtype), (cols, w)
 
 
-def _conv_gemm_bwd(res, dy):
+def _conv_gemm_bwd(operand_dtype, res, dy):
     cols, w = res
     k, _, cin, cout = w.shape
-    dw = lax.dot_general(
-        cols.reshape(-1, k * k * cin), dy.reshape(-1, cout), (((0,), (0,)), ((), ()))
+    dw = _dot(
+        cols.reshape(-1, k * k * cin),
+        dy.reshape(-1, cout),
+        (((0,), (0,)), ((), ())),
+        operand_dtype,
     ).reshape(w.shape)
-    dcols = lax.dot_general(dy, w.reshape(k * k * cin, cout), (((3,), (1,)), ((), ())))
+    dcols = _dot(dy, w.reshape(k * k * cin, cout), (((3,), (1,)), ((), ())), operand_dtype)
     # xp[i + a] fed output i through tap a: dxp[p] = sum_a dcols[p - a, tap a].
     h, wd = dy.shape[1] + k - 1, dy.shape[2] + k - 1
     dcols = jnp.pad(dcols, ((0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0)))
@@ -181,7 +272,9 @@ def _conv_gemm_bwd(res, dy):
 _conv_gemm.defvjp(_conv_gemm_fwd, _conv_gemm_bwd)
 
 
-def _native(x, w, stride, pads):
+def _native(x, w, stride, pads, operand_dtype: OperandDtype = None):
+    if operand_dtype is not None:  # the same values as bf16 operands with float32 results
+        x, w = _round_operand(x, operand_dtype), _round_operand(w, operand_dtype)
     return lax.conv_general_dilated(
         x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
@@ -214,7 +307,9 @@ def _conv_hybrid_bwd(pads, res, dy):
 _conv_hybrid.defvjp(_conv_hybrid_fwd, _conv_hybrid_bwd)
 
 
-def conv_transpose2x(x: jax.Array, w: jax.Array, *, impl: Optional[str] = None) -> jax.Array:
+def conv_transpose2x(
+    x: jax.Array, w: jax.Array, *, impl: Optional[str] = None, operand_dtype: OperandDtype = None
+) -> jax.Array:
     """torch `conv_transpose2d(x, W', stride=2, padding=0)` for a HWIO kernel `w`.
 
     Both StyleGAN2 lineages hand the conv weight to conv_transpose2d with in/out swapped and
@@ -222,10 +317,15 @@ def conv_transpose2x(x: jax.Array, w: jax.Array, *, impl: Optional[str] = None) 
       native: a correlation of the zero-dilated input with the flipped kernel, padded by k - 1;
       matmul: taps = x @ w (one GEMM, [N,H,W,k,k,O]), then tap (a, b) is laid on the output
               grid with interior padding 1 and edge padding (a, k-1-a) x (b, k-1-b), and summed.
+    operand_dtype: as `conv2d`'s.
     """
     k = w.shape[0]
-    w = w.astype(x.dtype)
+    operand_dtype = _resolve_operand_dtype(operand_dtype)
+    if operand_dtype is None:
+        w = w.astype(x.dtype)
     if resolve_impl(impl) == "native":
+        if operand_dtype is not None:
+            x, w = _round_operand(x, operand_dtype), _round_operand(w, operand_dtype)
         return lax.conv_general_dilated(
             x,
             w[::-1, ::-1],
@@ -234,20 +334,22 @@ def conv_transpose2x(x: jax.Array, w: jax.Array, *, impl: Optional[str] = None) 
             lhs_dilation=(2, 2),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-    return _conv_transpose2x_gemm(x, w)
+    return _conv_transpose2x_gemm(x, w, operand_dtype)
 
 
-@jax.custom_vjp
-def _conv_transpose2x_gemm(x: jax.Array, w: jax.Array) -> jax.Array:
-    return _conv_transpose2x_gemm_fwd(x, w)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_transpose2x_gemm(
+    x: jax.Array, w: jax.Array, operand_dtype: OperandDtype = None
+) -> jax.Array:
+    return _conv_transpose2x_gemm_fwd(x, w, operand_dtype)[0]
 
 
-def _conv_transpose2x_gemm_fwd(x, w):
+def _conv_transpose2x_gemm_fwd(x, w, operand_dtype):
     k, _, cin, cout = w.shape
     n, h, wd, _ = x.shape
     w2d = jnp.transpose(w, (2, 0, 1, 3)).reshape(cin, k * k * cout)  # [C, (a, b, O)]
-    taps = _matmul_last(x, w2d).reshape(n, h, wd, k, k, cout)
-    zero = jnp.zeros((), x.dtype)
+    taps = _matmul_last(x, w2d, operand_dtype).reshape(n, h, wd, k, k, cout)
+    zero = jnp.zeros((), taps.dtype)
     out = None
     for a in range(k):
         for b in range(k):
@@ -260,7 +362,7 @@ def _conv_transpose2x_gemm_fwd(x, w):
     return out, (x, w2d)
 
 
-def _conv_transpose2x_gemm_bwd(res, dy):
+def _conv_transpose2x_gemm_bwd(operand_dtype, res, dy):
     x, w2d = res
     n, h, wd, cin = x.shape
     k = int(round(math.sqrt(w2d.shape[1] // dy.shape[-1])))
@@ -277,9 +379,9 @@ def _conv_transpose2x_gemm_bwd(res, dy):
         ],
         axis=-1,
     )
-    dx = lax.dot_general(dtaps, w2d, (((3,), (1,)), ((), ())))
-    dw2d = lax.dot_general(
-        x.reshape(-1, cin), dtaps.reshape(-1, k * k * cout), (((0,), (0,)), ((), ()))
+    dx = _dot(dtaps, w2d, (((3,), (1,)), ((), ())), operand_dtype)
+    dw2d = _dot(
+        x.reshape(-1, cin), dtaps.reshape(-1, k * k * cout), (((0,), (0,)), ((), ())), operand_dtype
     )
     dw = jnp.transpose(dw2d.reshape(cin, k, k, cout), (1, 2, 0, 3))
     return dx, dw
