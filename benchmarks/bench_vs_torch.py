@@ -4,6 +4,8 @@
     python benchmarks/bench_vs_torch.py --mse-only           # loss = MSE
     # the old path, for before/after:
     python benchmarks/bench_vs_torch.py --impl native --strategy map
+    # mixed precision (bf16 GEMM operands, float32 accumulation) on our side / also on torch's:
+    python benchmarks/bench_vs_torch.py --g-dtype bfloat16 --lpips-dtype bfloat16 [--torch-bf16]
 
 What a PyTorch user runs instead of us is PTI's loop: one image at a time, a deep copy of G, Adam
 over all synthesis weights (benchmarks/torch_reference.py: our own torch StyleGAN2 synthesis and
@@ -91,15 +93,12 @@ def step_gflop(method, frozen, image, latent, cfg) -> float:
     return float(cost["flops"]) / 1e9
 
 
-def prepare_ours(a, g_cfg, gvars, lpips_params, images, ws):
-    """Compiles our engine's PTI (first run, timed apart) and returns (run() -> (seconds, out),
-    info)."""
-    import jax
-    import ml_collections
-
+def pti_setup(g_cfg, gvars, lpips_params, a):
+    """(frozen, method, cfg) of the compared step: PTI, all synthesis weights, Adam(a.lr), loss
+    MSE (+ LPIPS-VGG unless a.mse_only), no regularizer, no early stop (also profile_step.py's
+    `--model vs_torch`)."""
     from ganinv_jax import inversion as inv
-    from ganinv_jax.inversion import base, engine
-    from ganinv_jax.ops import conv as conv_ops
+    from ganinv_jax.inversion import base
 
     frozen = base.make_frozen(
         g_cfg,
@@ -115,6 +114,19 @@ def prepare_ours(a, g_cfg, gvars, lpips_params, images, ws):
     cfg.l2_weight = 1.0
     cfg.lpips_weight = 0.0 if a.mse_only else 1.0
     cfg.perceptual = "none" if a.mse_only else "lpips"
+    return frozen, method, cfg
+
+
+def prepare_ours(a, g_cfg, gvars, lpips_params, images, ws):
+    """Compiles our engine's PTI (first run, timed apart) and returns (run() -> (seconds, out),
+    info)."""
+    import jax
+    import ml_collections
+
+    from ganinv_jax.inversion import engine
+    from ganinv_jax.ops import conv as conv_ops
+
+    frozen, method, cfg = pti_setup(g_cfg, gvars, lpips_params, a)
     ids = np.arange(len(images))
     kw = dict(
         strategy=a.strategy,
@@ -177,6 +189,11 @@ def main() -> None:
         help="timed runs per side; the fastest counts (the cores are shared)",
     )
     ap.add_argument("--torch-device", default="cpu", help="cpu | cuda (the device check)")
+    ap.add_argument(
+        "--torch-bf16",
+        action="store_true",
+        help="torch side under torch.autocast(bfloat16): PyTorch's own mixed precision",
+    )
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args()
@@ -236,10 +253,14 @@ def main() -> None:
                 lpips_weight=0.0 if a.mse_only else 1.0,
                 threads=a.threads,
                 device=a.torch_device,
+                autocast_bf16=a.torch_bf16,
             )
 
         report.update(
-            torch_version=torch.__version__, torch_threads=a.threads, torch_device=a.torch_device
+            torch_version=torch.__version__,
+            torch_threads=a.threads,
+            torch_device=a.torch_device,
+            torch_autocast_bf16=a.torch_bf16,
         )
     # Interleaved repeats: the shared cores drift over minutes, so each ours/torch pair is
     # measured back to back and the pairs' ratios are reported beside the best of each side.

@@ -39,10 +39,32 @@ def _kind(name: str) -> str:
     return re.sub(r"[._]\d+$", "", name)
 
 
+def _vs_torch_setup(a):
+    """bench_vs_torch.py's random-weight G and its compared PTI step."""
+    import bench_vs_torch
+    import jax
+    import jax.numpy as jnp
+
+    from ganinv_jax import losses
+    from ganinv_jax.models import stylegan2 as sg2
+
+    cfg = sg2.StyleGAN2Config(**bench_vs_torch.G_CONFIG)
+    gvars = sg2.Generator(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.z_dim)))
+    a.mse_only, a.lr = a.no_lpips, 3e-4
+    lp = None if a.no_lpips else losses.load_lpips_params("vgg")
+    frozen, method, mcfg = bench_vs_torch.pti_setup(cfg, gvars, lp, a)
+    return cfg, frozen, method, mcfg
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--method", default="pti")
-    ap.add_argument("--model", default="g64", help="a bench_inversion.py model (g32 | g64)")
+    ap.add_argument(
+        "--model",
+        default="g64",
+        help="a bench_inversion.py model (g32 | g64), or vs_torch: bench_vs_torch.py's model and "
+        "step (PTI without regularizer, MSE + LPIPS-VGG unless --no-lpips)",
+    )
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--strategy", default="auto")
@@ -61,8 +83,13 @@ def main() -> None:
     from ganinv_jax.ops import conv as conv_ops
 
     with conv_ops.use_impl(a.impl):
-        cfg, frozen, method, mcfg = bench_inversion._random_setup(a.model, a.method, not a.no_lpips)
-        frozen = frozen.replace(lpips_dtype=a.lpips_dtype, g_dtype=a.g_dtype)
+        if a.model == "vs_torch":
+            cfg, frozen, method, mcfg = _vs_torch_setup(a)
+        else:
+            cfg, frozen, method, mcfg = bench_inversion._random_setup(
+                a.model, a.method, not a.no_lpips
+            )
+            frozen = frozen.replace(lpips_dtype=a.lpips_dtype, g_dtype=a.g_dtype)
         images = jax.random.uniform(
             jax.random.key(2),
             (a.batch, cfg.resolution, cfg.resolution, cfg.img_channels),

@@ -509,6 +509,7 @@ def pti_loop(
     noise_mode: str = "const",
     warmup_steps: int = 2,
     device: str = "cpu",
+    autocast_bf16: bool = False,
 ) -> dict:
     """PTI's per-image generator tuning as a PyTorch user writes it (no locality regularizer).
 
@@ -521,6 +522,8 @@ def pti_loop(
 
     device: 'cpu' or a torch device such as 'cuda' (the per-step `loss.item()` synchronizes, so
     the wall clock covers the device work).
+    autocast_bf16: run G and LPIPS under `torch.autocast(device, torch.bfloat16)` (PyTorch's
+    mixed precision: bf16 convs/matmuls, float32 weights and Adam; the loss is taken in float32).
     warmup_steps: before timing, this many steps are run on a throwaway copy with the first
     image (torch's one-time lazy set-up: oneDNN primitives, allocator, thread pool), the analogue
     of the JAX benchmarks' compile + warm-up call, which they do not time either. 0 disables.
@@ -535,6 +538,7 @@ def pti_loop(
     """
     if not (l2_weight or lpips_weight):
         raise ValueError("pti_loop: l2_weight and lpips_weight are both 0: nothing to tune")
+    device_type = torch.device(device).type
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -560,12 +564,14 @@ def pti_loop(
             hist = []
             for _ in range(num_steps):
                 opt.zero_grad(set_to_none=True)
-                img = g(w, noise_mode)
+                with torch.autocast(device_type, torch.bfloat16, enabled=autocast_bf16):
+                    img = g(w, noise_mode)
+                    dist = lp.distance_to_features(img, feats) if lp is not None else None
                 loss = 0.0
                 if l2_weight:
-                    loss = l2_weight * F.mse_loss(img, target)
+                    loss = l2_weight * F.mse_loss(img.float(), target)
                 if lp is not None:
-                    loss = loss + lpips_weight * lp.distance_to_features(img, feats).mean()
+                    loss = loss + lpips_weight * dist.float().mean()
                 loss.backward()
                 opt.step()
                 hist.append(loss.item())
