@@ -255,6 +255,15 @@ def test_pti_loop_lowers_the_loss(lpips_vgg):
     )
     assert mse_only["losses"][0][0] == pytest.approx(mse_only["initial_mse"][0], rel=1e-6)
     assert mse_only["final_mse"][0] < mse_only["initial_mse"][0]
+
+    # PyTorch's mixed precision: the first loss is float32's to bf16 rounding, and it tunes
+    bf16 = TR.pti_loop(
+        cfg, variables, params, images, ws, steps=2, threads=1, warmup_steps=0, autocast_bf16=True
+    )
+    for i in range(2):
+        assert bf16["losses"][i][0] == pytest.approx(res["losses"][i][0], rel=3e-2)
+        assert bf16["losses"][i][0] != res["losses"][i][0]  # bf16 ran, not float32
+        assert bf16["final_mse"][i] < bf16["initial_mse"][i]
     print(
         f"\npti_loop: {res['img_steps_per_s']:.1f} img-steps/s with LPIPS, "
         f"{mse_only['img_steps_per_s']:.1f} MSE only; mse {res['initial_mse']} -> "
