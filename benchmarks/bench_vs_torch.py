@@ -93,9 +93,9 @@ def step_gflop(method, frozen, image, latent, cfg) -> float:
     return float(cost["flops"]) / 1e9
 
 
-def pti_setup(g_cfg, gvars, lpips_params, a):
-    """(frozen, method, cfg) of the compared step: PTI, all synthesis weights, Adam(a.lr), loss
-    MSE (+ LPIPS-VGG unless a.mse_only), no regularizer, no early stop (also profile_step.py's
+def pti_setup(g_cfg, gvars, lpips_params, *, lr, mse_only, lpips_dtype, g_dtype):
+    """(frozen, method, cfg) of the compared step: PTI, all synthesis weights, Adam(lr), loss
+    MSE (+ LPIPS-VGG unless mse_only), no regularizer, no early stop (also profile_step.py's
     `--model vs_torch`)."""
     from ganinv_jax import inversion as inv
     from ganinv_jax.inversion import base
@@ -103,17 +103,17 @@ def pti_setup(g_cfg, gvars, lpips_params, a):
     frozen = base.make_frozen(
         g_cfg,
         gvars,
-        lpips=lpips_params if not a.mse_only else None,
+        lpips=lpips_params if not mse_only else None,
         w_stats_samples=1000,
-        lpips_dtype=a.lpips_dtype,
-        g_dtype=a.g_dtype,
+        lpips_dtype=lpips_dtype,
+        g_dtype=g_dtype,
     )
     method = inv.METHODS["pti"]
     cfg = method.default_config()
-    cfg.lr, cfg.reg_weight, cfg.stop_lpips, cfg.stop_mse = a.lr, 0.0, -1.0, -1.0
+    cfg.lr, cfg.reg_weight, cfg.stop_lpips, cfg.stop_mse = lr, 0.0, -1.0, -1.0
     cfg.l2_weight = 1.0
-    cfg.lpips_weight = 0.0 if a.mse_only else 1.0
-    cfg.perceptual = "none" if a.mse_only else "lpips"
+    cfg.lpips_weight = 0.0 if mse_only else 1.0
+    cfg.perceptual = "none" if mse_only else "lpips"
     return frozen, method, cfg
 
 
@@ -126,7 +126,15 @@ def prepare_ours(a, g_cfg, gvars, lpips_params, images, ws):
     from ganinv_jax.inversion import engine
     from ganinv_jax.ops import conv as conv_ops
 
-    frozen, method, cfg = pti_setup(g_cfg, gvars, lpips_params, a)
+    frozen, method, cfg = pti_setup(
+        g_cfg,
+        gvars,
+        lpips_params,
+        lr=a.lr,
+        mse_only=a.mse_only,
+        lpips_dtype=a.lpips_dtype,
+        g_dtype=a.g_dtype,
+    )
     ids = np.arange(len(images))
     kw = dict(
         strategy=a.strategy,

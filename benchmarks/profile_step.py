@@ -50,9 +50,16 @@ def _vs_torch_setup(a):
 
     cfg = sg2.StyleGAN2Config(**bench_vs_torch.G_CONFIG)
     gvars = sg2.Generator(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.z_dim)))
-    a.mse_only, a.lr = a.no_lpips, 3e-4
     lp = None if a.no_lpips else losses.load_lpips_params("vgg")
-    frozen, method, mcfg = bench_vs_torch.pti_setup(cfg, gvars, lp, a)
+    frozen, method, mcfg = bench_vs_torch.pti_setup(
+        cfg,
+        gvars,
+        lp,
+        lr=3e-4,  # bench_vs_torch.py's default
+        mse_only=a.no_lpips,
+        lpips_dtype=a.lpips_dtype,
+        g_dtype=a.g_dtype,
+    )
     return cfg, frozen, method, mcfg
 
 

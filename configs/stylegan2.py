@@ -79,8 +79,8 @@ def get_config(variant: str = ""):
     config.lpips_net = "vgg"  # LPIPS backbone of the metrics (and of Frozen.lpips)
     config.g_dtype = "float32"  # float32 | bfloat16: operand dtype of the GEMMs of G's convs
     config.lpips_dtype = "float32"  # and of the loss's LPIPS backbone (mixed precision: float32
-    # accumulation, activations and weights; ~1.3x the tuning steps/s on AVX512-BF16 CPUs,
-    # README "Speed"). Metrics always use float32.
+    # accumulation, activations and weights; 1.1-1.15x the tuning steps/s on this AVX512-BF16
+    # CPU, README "Speed"). Metrics always use float32.
     config.data = data_config()
     config.tile = 0  # InvGAN's tiling (paper 004): N >= 2 inverts each image at N*m px as N x N
     # tiles of G's m px (one latent each) and stitches them into WORKDIR/stitched/; 0/1: off
