@@ -21,6 +21,31 @@ def test_summarize_matches_numpy_and_drops_nonfinite():
     assert empty["count"] == 1 and np.isnan(empty["mean"])
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_tree_all_finite_finds_one_bad_entry_anywhere(bad):
+    """The engine's and trainers' NaN guard, jitted and per image under vmap: one NaN/inf in
+    any position of any floating leaf; huge finite values, integer leaves and bf16 are fine."""
+    import jax
+
+    from ganinv_jax.losses import common
+
+    check = jax.jit(jax.vmap(common.tree_all_finite))
+    tree = {
+        "w": np.full((4, 3, 300), 3e38, np.float32),  # a sum of these would overflow
+        "b": np.zeros((4, 5), jnp.bfloat16),
+        "step": np.full((4,), 2**30, np.int32),
+    }
+    assert list(np.asarray(check(tree))) == [True] * 4
+    for pos in (0, 7, 899):
+        w = tree["w"].copy()
+        w[2].reshape(-1)[pos] = bad
+        assert list(np.asarray(check({**tree, "w": w}))) == [True, True, False, True]
+    b = tree["b"].copy()
+    b[1, 4] = bad
+    assert list(np.asarray(check({**tree, "b": b}))) == [True, False, True, True]
+    assert bool(common.tree_all_finite({"n": np.arange(3)}))  # no floating leaf
+
+
 def test_invert_job_aggregates_with_summarize():
     # The invert job's summary.json statistics are `summarize`'s, over OK images only.
     from ganinv_jax.jobs import records

