@@ -167,6 +167,8 @@ def prepare_ours(a, g_cfg, gvars, lpips_params, images, ws):
 
 
 def main() -> None:
+    from ganinv_jax.inversion.base import GEMM_DTYPES
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--steps", type=int, default=50)
@@ -176,13 +178,13 @@ def main() -> None:
     ap.add_argument(
         "--lpips-dtype",
         default="float32",
-        choices=["float32", "bfloat16"],
+        choices=GEMM_DTYPES,
         help="ours: operand dtype of LPIPS-VGG's GEMMs (torch stays float32)",
     )
     ap.add_argument(
         "--g-dtype",
         default="float32",
-        choices=["float32", "bfloat16"],
+        choices=GEMM_DTYPES,
         help="ours: operand dtype of G's conv GEMMs (torch stays float32)",
     )
     ap.add_argument(

@@ -64,6 +64,8 @@ def _vs_torch_setup(a):
 
 
 def main() -> None:
+    from ganinv_jax.inversion.base import GEMM_DTYPES
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--method", default="pti")
     ap.add_argument(
@@ -77,8 +79,10 @@ def main() -> None:
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--impl", default="auto", help="conv form: auto | native | matmul")
     ap.add_argument("--no-lpips", action="store_true", help="pooled_l2 instead of LPIPS-VGG")
-    ap.add_argument("--lpips-dtype", default="float32", help="float32 | bfloat16 (GEMM operands)")
-    ap.add_argument("--g-dtype", default="float32", help="float32 | bfloat16 (G's GEMM operands)")
+    ap.add_argument(
+        "--lpips-dtype", default="float32", choices=GEMM_DTYPES, help="LPIPS's GEMM operands"
+    )
+    ap.add_argument("--g-dtype", default="float32", choices=GEMM_DTYPES, help="G's GEMM operands")
     ap.add_argument("--top", type=int, default=25)
     a = ap.parse_args()
 

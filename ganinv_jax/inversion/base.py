@@ -104,6 +104,13 @@ class Frozen:
 GEMM_DTYPES = ("float32", "bfloat16")
 
 
+def check_gemm_dtypes(**named: str) -> None:
+    """ValueError naming the first of `named` (e.g. g_dtype='float16') not in GEMM_DTYPES."""
+    for name, value in named.items():
+        if value not in GEMM_DTYPES:
+            raise ValueError(f"{name}={value!r}: expected one of {GEMM_DTYPES}")
+
+
 def make_frozen(
     g_cfg: Any,
     g_vars: PyTree,
@@ -125,9 +132,7 @@ def make_frozen(
     `arch_for(g_cfg)`; e.g. `arch_for(biggan_cfg, truncation=0.4, class_mode='given')`).
     `encoder`: a `encoders.TrainedEncoder` (for the `encoder` / `encoder_ft` methods), checked
     against `g_cfg`. `lpips_dtype`, `g_dtype`: 'float32' | 'bfloat16' (see `Frozen`)."""
-    for name, value in (("lpips_dtype", lpips_dtype), ("g_dtype", g_dtype)):
-        if value not in GEMM_DTYPES:
-            raise ValueError(f"{name}={value!r}: expected one of {GEMM_DTYPES}")
+    check_gemm_dtypes(lpips_dtype=lpips_dtype, g_dtype=g_dtype)
     net = lpips_net or "vgg"
     if isinstance(lpips, str):
         net = lpips

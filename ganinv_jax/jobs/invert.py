@@ -40,7 +40,7 @@ from absl import logging
 from ganinv_jax import atomic, errors, preemption
 from ganinv_jax.data import images as image_io
 from ganinv_jax.errors import UserError
-from ganinv_jax.inversion.base import GEMM_DTYPES
+from ganinv_jax.inversion.base import check_gemm_dtypes
 from ganinv_jax.jobs import manifest as manifest_lib
 from ganinv_jax.jobs import methods as methods_lib
 from ganinv_jax.jobs import records, reporting, sources, tiling
@@ -395,9 +395,11 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
             f"uneven hosts: {len(global_devices)} devices over {nproc} processes "
             f"with {len(local)} here"
         )
-    for key in ("g_dtype", "lpips_dtype"):  # before the manifest: a typo costs nothing
-        if config.get(key, "float32") not in GEMM_DTYPES:
-            raise JobError(f"config.{key}={config.get(key)!r}: expected one of {GEMM_DTYPES}")
+    gemm_dtypes = {k: config.get(k, "float32") for k in ("g_dtype", "lpips_dtype")}
+    try:  # before the manifest: a typo costs nothing
+        check_gemm_dtypes(**gemm_dtypes)
+    except ValueError as e:
+        raise JobError(f"config.{e}") from None
     mcfg = method_run_config(config, method, init)
     init_cfg = pivot_config(config, has_encoder) if init == "latent_opt" else None
     settings = run_settings(
@@ -423,8 +425,7 @@ def prepare(config, workdir: str, devices: Optional[Sequence] = None) -> Context
         g_cfg,
         gan.G,
         lpips=lpips_params,
-        g_dtype=config.get("g_dtype", "float32"),
-        lpips_dtype=config.get("lpips_dtype", "float32"),
+        **gemm_dtypes,
         lpips_net=losses.perceptual.canonical_net(config.lpips_net),
         d_vars=gan.params.get("D") if method.name == "clone" else None,
         # Clone's reals feed its GAN terms only (off in the job by default: none loaded)
