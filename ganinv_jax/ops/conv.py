@@ -364,21 +364,13 @@ def _conv_transpose2x_gemm_fwd(x, w, operand_dtype):
 
 def _conv_transpose2x_gemm_bwd(operand_dtype, res, dy):
     x, w2d = res
-    n, h, wd, cin = x.shape
+    cin = x.shape[-1]
     k = int(round(math.sqrt(w2d.shape[1] // dy.shape[-1])))
     cout = dy.shape[-1]
     # Tap (a, b) of input pixel (i, j) landed on output (2i + a, 2j + b): its gradient is the
-    # stride-2 slice of dy starting at (a, b); all k*k of them side by side = [N,H,W,(a,b,O)].
-    dtaps = jnp.concatenate(
-        [
-            lax.slice(
-                dy, (0, a, b, 0), (n, a + 2 * (h - 1) + 1, b + 2 * (wd - 1) + 1, cout), (1, 2, 2, 1)
-            )
-            for a in range(k)
-            for b in range(k)
-        ],
-        axis=-1,
-    )
+    # stride-2 slice of dy starting at (a, b); all k*k of them side by side = [N,H,W,(a,b,O)],
+    # which is im2col of dy with stride 2 (dy is 2H + k - 2 wide: H windows).
+    dtaps = im2col(dy, k, k, 2)
     dx = _dot(dtaps, w2d, (((3,), (1,)), ((), ())), operand_dtype)
     dw2d = _dot(
         x.reshape(-1, cin), dtaps.reshape(-1, k * k * cout), (((0,), (0,)), ((), ())), operand_dtype
