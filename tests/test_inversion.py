@@ -220,6 +220,34 @@ def test_nan_marks_failed_and_keeps_last_finite_state(setup):
     assert np.isfinite(out["recon"]).all()
 
 
+def test_pti_step_held_by_commit_or_nan_loss_changes_nothing(setup):
+    """PTI gates its own update (`commits_itself`): commit=False, or a NaN loss with
+    commit=True, returns every state leaf unchanged; commit=True moves the weights."""
+    fr, imgs = setup
+    c = _pti_cfg()
+    st = pti.init(jax.random.key(0), jnp.asarray(imgs[3]), fr, base.mean_latent(fr), c)
+    step = jax.jit(lambda s, commit: pti.step(s, fr, c, commit))
+    taken = step(st, True)[0]
+    nan_st = dict(st, image=st["image"].at[0, 0, 0].set(jnp.nan))
+    raw = lambda t: [  # noqa: E731  (PRNG keys compared by their bits)
+        jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+        for x in jax.tree_util.tree_leaves(t)
+    ]
+    for held, ref in ((step(st, False)[0], st), (step(nan_st, True)[0], nan_st)):
+        for x, y in zip(raw(held), raw(ref)):
+            np.testing.assert_array_equal(x, y)
+    assert int(taken["t"]) == 1 and int(taken["opt"]["count"]) == 1
+    assert (
+        max(
+            float(jnp.abs(a - b).max())
+            for a, b in zip(
+                jax.tree_util.tree_leaves(taken["params"]), jax.tree_util.tree_leaves(st["params"])
+            )
+        )
+        > 0
+    )
+
+
 _NO_BUDGET = dict(max_drift=1e9, drift_probes=4)
 
 

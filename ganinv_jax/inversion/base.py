@@ -56,6 +56,11 @@ class Method(NamedTuple):
     # (state, frozen, cfg) -> the G params a state stands for (the full tree or its tunable
     # sub-tree, as `synthesize` takes them); None: the frozen G (the engine's drift budget)
     tuned_g: Optional[Callable[..., PyTree]] = None
+    # step(state, frozen, cfg, commit=True) takes the engine's per-image `commit` (a traced
+    # bool: the image is still running) and returns the state unchanged where it is False or
+    # where its own loss is non-finite (its optimizer gates the update, `adam_step`), so the
+    # engine skips its select over the whole state; False: the engine selects.
+    commits_itself: bool = False
 
 
 @flax.struct.dataclass
@@ -334,6 +339,57 @@ def check_latent(latent: Array, arch_or_cfg: Any) -> Array:
     generator config: [*latent_shape] float32."""
     a = arch_or_cfg if isinstance(arch_or_cfg, arch_lib.Arch) else arch_for(arch_or_cfg)
     return a.check_latent(latent)
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def adam_init(params: PyTree) -> dict:
+    """The state of `adam_step`: the step count and Adam's two moments (zeros like params)."""
+    zeros = lambda: jax.tree_util.tree_map(jnp.zeros_like, params)  # noqa: E731
+    return dict(count=jnp.zeros((), jnp.int32), mu=zeros(), nu=zeros())
+
+
+def adam_step(
+    params: PyTree,
+    opt: dict,
+    grads: PyTree,
+    lr,
+    commit: Array,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> tuple[PyTree, dict]:
+    """One Adam step -- optax.adam's math (bias-corrected moments; `lr` a float or a schedule
+    of the step count, as `tuning_lr` returns) -- taken only where `commit` (a traced bool) is
+    True; where it is False, params and opt come back unchanged, exactly.
+
+    Why not optax and then `jnp.where(commit, new, old)`: under the engine's vmap'd scan that
+    select is one more pass over the weights and both moments that XLA:CPU neither fuses into
+    the update nor does in place (it copies the loop carry; measured on bench_vs_torch's PTI
+    step: ~5% of the step, README "Speed"). Here the commit is a 0/1 factor c inside the
+    update's own expression, m + c (1 - b1) (g - m) and p - c lr m_hat / (sqrt(v_hat) + eps):
+    with c = 0 every leaf comes back exactly as it was, with c = 1 it is Adam's step (optax's to
+    float32 rounding). Written as new * c + old * (1 - c) instead, XLA again did not update in
+    place (no faster than the select). The gradient of an uncommitted step is replaced by 0
+    first, so a non-finite one cannot leak in (0 * NaN)."""
+    commit = jnp.asarray(commit, bool)
+    c = commit.astype(jnp.float32)
+    lr_t = lr(opt["count"]) if callable(lr) else lr
+    count = opt["count"] + commit.astype(jnp.int32)
+    t = jnp.maximum(count, 1)  # the bias correction of a committed step (count >= 1 then)
+    bc1, bc2 = 1 - b1**t, 1 - b2**t
+
+    def leaf(p, m, v, g):
+        g = jnp.where(commit, g, 0).astype(m.dtype)
+        m_new = m + c * (1 - b1) * (g - m)
+        v_new = v + c * (1 - b2) * (g * g - v)
+        return p - c * lr_t * (m_new / bc1) / (jnp.sqrt(v_new / bc2) + eps), m_new, v_new
+
+    out = jax.tree_util.tree_map(leaf, params, opt["mu"], opt["nu"], grads)
+    treedef = jax.tree_util.tree_structure(params)
+    p, m, v = (treedef.unflatten(x) for x in zip(*treedef.flatten_up_to(out)))
+    return p, dict(count=count, mu=m, nu=v)
 
 
 def lr_ramp(t: Array, num_steps: int, rampup: float, rampdown: float) -> Array:

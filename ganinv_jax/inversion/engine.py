@@ -10,10 +10,13 @@ What it guarantees:
     calls, whether every image has stopped. One compile per (method, cfg, strategy, K, mesh,
     shapes).
   * Per-image masks: an image whose `method.converged(metrics)` became true, or whose step
-    produced a
-    non-finite value (NaN/Inf: `failed`; the bad step is discarded), stops changing exactly (its
-    state is selected unchanged: a `lax.cond` per image under 'map', a select under vmap)
-    while the others go on. `iterations[i]` counts the steps image i actually took.
+    produced a non-finite value (NaN/Inf: `failed`; the bad step is discarded), stops changing
+    exactly (its state is selected unchanged: a `lax.cond` per image under 'map', a select
+    under vmap; a method with `commits_itself` (PTI) gates its own optimizer update instead,
+    with no pass over the state) while the others go on. `iterations[i]` counts the steps
+    image i actually took. One exception, for `commits_itself` methods: a step whose loss was
+    finite but whose update was not (a non-finite gradient) is not discarded -- the image is
+    marked failed with that state (the job records it as failed either way).
   * Batching strategy inside each device: 'vmap' | 'map' (`lax.map`, one image at a time) |
     'chunked' (`lax.map(batch_size=chunk_size)`: vmap inside chunks) | 'auto' (see `auto_strategy`).
     Why it matters: with XLA's native convs a per-image TUNED generator under vmap makes every
@@ -32,7 +35,8 @@ Result keys (numpy arrays, leading axis B in input order):
                                   GMM: the module params phi; latent_opt: None
   iterations  [B] int32           steps taken
   converged   [B] bool            the method's stop criterion was met
-  failed      [B] bool            a step produced NaN/Inf (state kept from the last finite step)
+  failed      [B] bool            a step produced NaN/Inf (state kept from the last finite step,
+                                  but see the exception above)
   metrics     dict of [B]         the metrics of each image's last step
   best_mse, best_step [B]         with keep_best=True: the kept state's recon MSE (clipped to
                                   [-1, 1]) and step
@@ -185,8 +189,12 @@ def _per_image_run(method, cfg, k: int, skip_inactive: bool, keep_best: bool, n_
     runs for every image and a select keeps the stopped ones unchanged: same results."""
 
     def step_one(c, frozen, active):
-        """One step; an inactive image or a non-finite step keeps its state (one select)."""
-        state, metrics = method.step(c["state"], frozen, cfg)
+        """One step; an inactive image or a non-finite step keeps its state: the method's own
+        gated update (`Method.commits_itself`), else one select over the state."""
+        if method.commits_itself:
+            state, metrics = method.step(c["state"], frozen, cfg, active)
+        else:
+            state, metrics = method.step(c["state"], frozen, cfg)
         metrics = jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
         # Leaves the step passed through untouched (the target, its cached LPIPS features) are
         # the same traced values: checking and selecting them every step is pure memory traffic.
@@ -197,9 +205,10 @@ def _per_image_run(method, cfg, k: int, skip_inactive: bool, keep_best: bool, n_
         ]
         ok = losses_common.tree_all_finite(metrics) & losses_common.tree_all_finite(changed)
         keep = ok & active
-        state = jax.tree_util.tree_map(
-            lambda n, o: o if n is o else jnp.where(keep, n, o), state, c["state"]
-        )
+        if not method.commits_itself:
+            state = jax.tree_util.tree_map(
+                lambda n, o: o if n is o else jnp.where(keep, n, o), state, c["state"]
+            )
         return dict(
             c,
             state=state,

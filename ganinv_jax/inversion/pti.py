@@ -24,7 +24,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from ganinv_jax.inversion import base
 
@@ -56,8 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _tx(cfg):
-    return optax.adam(base.tuning_lr(cfg.lr, cfg.num_steps, cfg.lr_rampdown, cfg.lr_rampup))
+def _lr(cfg):
+    return base.tuning_lr(cfg.lr, cfg.num_steps, cfg.lr_rampdown, cfg.lr_rampup)
 
 
 def init(key, image, frozen: base.Frozen, init_latent, cfg):
@@ -71,7 +70,7 @@ def init(key, image, frozen: base.Frozen, init_latent, cfg):
         perc_target=base.cache_target(
             frozen, image[None], cfg.perceptual, cfg.cache_target_features
         ),
-        opt=_tx(cfg).init(params),
+        opt=base.adam_init(params),
     )
 
 
@@ -93,7 +92,9 @@ def locality_loss(frozen, params, ws_r, cfg):
     return jnp.mean(cfg.reg_l2_weight * l2 + cfg.reg_lpips_weight * lp)
 
 
-def step(state, frozen: base.Frozen, cfg):
+def step(state, frozen: base.Frozen, cfg, commit=True):
+    """One Adam step on G's weights; with commit False (or a non-finite loss) the state comes
+    back unchanged (`base.Method.commits_itself`)."""
     key, kr = jax.random.split(state["key"])
     target = state["image"][None]
     use_reg = (cfg.reg_weight > 0) & (state["t"] % max(cfg.reg_interval, 1) == 0)
@@ -115,10 +116,17 @@ def step(state, frozen: base.Frozen, cfg):
         grads = base.conv_weights_only(grads)  # a zero gradient is a zero Adam step
     elif cfg.tune != "all":
         raise ValueError(f"pti: tune must be 'all' or 'conv_weights', got {cfg.tune!r}")
-    updates, opt = _tx(cfg).update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    # A non-finite loss: the step is not taken (the engine marks the image failed). The
+    # gradients are not checked (one more pass over them every step, the cost the gate is
+    # there to save); a finite loss with a non-finite update (rare) is caught by the engine
+    # after the fact.
+    ok = jnp.isfinite(metrics["loss"])
+    commit = jnp.asarray(commit, bool) & ok
+    params, opt = base.adam_step(state["params"], state["opt"], grads, _lr(cfg), commit)
     metrics["drift"] = base.relative_change(params, frozen.arch.tunable(frozen.g["params"]))
-    return dict(state, t=state["t"] + 1, key=key, params=params, opt=opt), metrics
+    t = state["t"] + commit.astype(jnp.int32)
+    key = jnp.where(commit, key, state["key"])
+    return dict(state, t=t, key=key, params=params, opt=opt), metrics
 
 
 def result(state, frozen: base.Frozen, cfg):
@@ -140,5 +148,13 @@ def tuned_g(state, frozen: base.Frozen, cfg):
 
 
 METHOD = base.Method(
-    "pti", init, step, result, default_config, converged, tunes_weights=True, tuned_g=tuned_g
+    "pti",
+    init,
+    step,
+    result,
+    default_config,
+    converged,
+    tunes_weights=True,
+    tuned_g=tuned_g,
+    commits_itself=True,
 )

@@ -576,9 +576,10 @@ def invert_local(ctx: Context, ids: Sequence[int], loaded: Optional[list] = None
             status[j], reasons[j] = records.BAD_INPUT, loaded[j][1]
         elif bool(out["failed"][j]) or not finite[j]:
             status[j] = records.FAILED
+            kept = "kept the last finite state" if finite[j] else "its result is non-finite"
             reasons[j] = (
                 f"non-finite value during {ctx.method.name} after "
-                f"{int(out['iterations'][j])} steps (kept the last finite state)"
+                f"{int(out['iterations'][j])} steps ({kept})"
             )
         else:
             status[j] = records.CONVERGED if bool(out["converged"][j]) else records.MAX_STEPS
