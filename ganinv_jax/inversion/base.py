@@ -365,13 +365,13 @@ def adam_step(
     True; where it is False, params and opt come back unchanged, exactly.
 
     Why not optax and then `jnp.where(commit, new, old)`: under the engine's vmap'd scan that
-    select is one more pass over the weights and both moments that XLA:CPU neither fuses into
-    the update nor does in place (it copies the loop carry; measured on bench_vs_torch's PTI
-    step: ~5% of the step, README "Speed"). Here the commit is a 0/1 factor c inside the
-    update's own expression, m + c (1 - b1) (g - m) and p - c lr m_hat / (sqrt(v_hat) + eps):
+    select is one more pass over the weights and both moments that XLA:CPU does not fuse into
+    the update (measured on bench_vs_torch's PTI step: ~5% of the step, README "Speed"). Here
+    the commit is a 0/1 factor c inside the update's own expression, m + c (1 - b1) (g - m)
+    and p - c lr m_hat / (sqrt(v_hat) + eps):
     with c = 0 every leaf comes back exactly as it was, with c = 1 it is Adam's step (optax's to
-    float32 rounding). Written as new * c + old * (1 - c) instead, XLA again did not update in
-    place (no faster than the select). The gradient of an uncommitted step is replaced by 0
+    float32 rounding). Written as new * c + old * (1 - c), or as a where inside the update,
+    it measured no faster than the select. The gradient of an uncommitted step is replaced by 0
     first, so a non-finite one cannot leak in (0 * NaN)."""
     commit = jnp.asarray(commit, bool)
     c = commit.astype(jnp.float32)
