@@ -344,6 +344,10 @@ def check_latent(latent: Array, arch_or_cfg: Any) -> Array:
 # ----------------------------------------------------------------------------- optimizer
 
 
+# Adam's defaults (optax's, PTI's): adam_step's, and the moments GMM's grad_norm='adam' keeps
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+
 def adam_init(params: PyTree) -> dict:
     """The state of `adam_step`: the step count and Adam's two moments (zeros like params)."""
     zeros = lambda: jax.tree_util.tree_map(jnp.zeros_like, params)  # noqa: E731
@@ -356,9 +360,9 @@ def adam_step(
     grads: PyTree,
     lr,
     commit: Array,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
+    b1: float = ADAM_B1,
+    b2: float = ADAM_B2,
+    eps: float = ADAM_EPS,
 ) -> tuple[PyTree, dict]:
     """One Adam step -- optax.adam's math (bias-corrected moments; `lr` a float or a schedule
     of the step count, as `tuning_lr` returns) -- taken only where `commit` (a traced bool) is

@@ -169,8 +169,8 @@ def apply_module(blocks, h):
 
 
 GRAD_NORMS = ("none", "rms", "rms_weight", "adam")
-# grad_norm='adam': optax.adam's defaults, the moments PTI's optimizer keeps
-ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
+# grad_norm='adam': Adam's defaults, the moments PTI's optimizer keeps (base.adam_step)
+ADAM_B1, ADAM_B2, ADAM_EPS = base.ADAM_B1, base.ADAM_B2, base.ADAM_EPS
 UPDATES = ("once", "iterative")
 
 
