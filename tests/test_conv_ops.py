@@ -30,6 +30,20 @@ CASES = [
         (2, 10, 9, 4),
         (3, 3, 4, 3),
     ),
+    (
+        "3x3_asym_pad",
+        lambda x, w, i: conv_ops.conv2d(x, w, padding=((0, 2), (1, 0)), impl=i),
+        (2, 6, 7, 3),
+        (3, 3, 3, 4),
+    ),
+    ("3x3_valid", lambda x, w, i: conv_ops.conv2d(x, w, impl=i), (1, 6, 5, 3), (3, 3, 3, 2)),
+    (
+        # taps that see only padding on some rows (an all-zero patch block)
+        "3x3_pad_beyond_input",
+        lambda x, w, i: conv_ops.conv2d(x, w, padding=((0, 3), (1, 1)), impl=i),
+        (1, 1, 4, 2),
+        (3, 3, 2, 3),
+    ),
     ("1x1", lambda x, w, i: conv_ops.conv2d(x, w, impl=i), (2, 6, 6, 5), (1, 1, 5, 7)),
     (
         "1x1_stride2",

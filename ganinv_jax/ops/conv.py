@@ -214,46 +214,51 @@ def conv2d(
     if impl == "native":
         return _native(x, w, stride, ((pt, pb), (pl, pr)), operand_dtype)
     kh, kw, cin, cout = w.shape
+    if stride == 1 and kh == kw and kh > 1:
+        return _conv_gemm(x, w, ((pt, pb), (pl, pr)), operand_dtype)
     if (pt, pb, pl, pr) != (0, 0, 0, 0):
         x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     if kh == kw == 1:
         return _matmul_last(x[:, ::stride, ::stride, :], w.reshape(cin, cout), operand_dtype)
-    if stride == 1 and kh == kw:
-        return _conv_gemm(x, w, operand_dtype)
     return _matmul_last(im2col(x, kh, kw, stride), w.reshape(kh * kw * cin, cout), operand_dtype)
 
 
-def _sum_of_windows(t: jax.Array, k: int, out_h: int, out_w: int, offset: int) -> jax.Array:
-    """sum_{a,b} t[:, offset - a + i, offset - b + j, (a, b) block] for the k*k channel
-    blocks of t [N,H,W,k*k*C]: the gather form of col2im, one fused loop (autodiff's transpose
-    of im2col builds k*k zero-padded copies of the whole map and adds them)."""
-    c = t.shape[-1] // (k * k)
-    out = None
-    for a in range(k):
-        for b in range(k):
-            blk = (a * k + b) * c
-            part = lax.slice(
-                t,
-                (0, offset - a, offset - b, blk),
-                (t.shape[0], offset - a + out_h, offset - b + out_w, blk + c),
-            )
-            out = part if out is None else out + part
-    return out
+def _shifted(t: jax.Array, di: int, dj: int, out_h: int, out_w: int) -> jax.Array:
+    """out[:, i, j] = t[:, i + di, j + dj] where that is inside t, else 0; out is [N,out_h,out_w,C].
+
+    One slice and one pad: the zero border of a 'same' conv is added per tap, so neither the
+    padded input (forward) nor a padded copy of the whole patch gradient (backward) is built."""
+    n, h, w, c = t.shape
+    i0, i1 = max(-di, 0), min(out_h, h - di)
+    j0, j1 = max(-dj, 0), min(out_w, w - dj)
+    if i1 <= i0 or j1 <= j0:
+        return jnp.zeros((n, out_h, out_w, c), t.dtype)
+    part = lax.slice(t, (0, i0 + di, j0 + dj, 0), (n, i1 + di, j1 + dj, c))
+    return jnp.pad(part, ((0, 0), (i0, out_h - i1), (j0, out_w - j1), (0, 0)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_gemm(xp: jax.Array, w: jax.Array, operand_dtype: OperandDtype = None) -> jax.Array:
-    """Stride-1 'valid' correlation of an already padded xp with w, as im2col + GEMM."""
-    return _conv_gemm_fwd(xp, w, operand_dtype)[0]
+def _patches(x: jax.Array, kh: int, kw: int, pads) -> jax.Array:
+    """im2col of x zero-padded by `pads` ((top, bottom), (left, right)), stride 1:
+    [N,Ho,Wo,kh*kw*C] in HWIO patch order, built tap by tap from x itself."""
+    (pt, pb), (pl, pr) = pads
+    ho, wo = x.shape[1] + pt + pb - kh + 1, x.shape[2] + pl + pr - kw + 1
+    cols = [_shifted(x, a - pt, b - pl, ho, wo) for a in range(kh) for b in range(kw)]
+    return jnp.concatenate(cols, axis=-1)
 
 
-def _conv_gemm_fwd(xp, w, operand_dtype):
-    kh, kw, cin, cout = w.shape
-    cols = im2col(xp, kh, kw)
-    return _matmul_last(cols, w.reshape(kh * kw * cin, cout), operand_dtype), (cols, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_gemm(x: jax.Array, w: jax.Array, pads, operand_dtype: OperandDtype = None) -> jax.Array:
+    """Stride-1 correlation of x, zero-padded by `pads`, with a k x k kernel, as im2col + GEMM."""
+    return _conv_gemm_fwd(x, w, pads, operand_dtype)[0]
 
 
-def _conv_gemm_bwd(operand_dtype, res, dy):
+def _conv_gemm_fwd(x, w, pads, operand_dtype):
+    k, _, cin, cout = w.shape
+    cols = _patches(x, k, k, pads)
+    return _matmul_last(cols, w.reshape(k * k * cin, cout), operand_dtype), (cols, w)
+
+
+def _conv_gemm_bwd(pads, operand_dtype, res, dy):
     cols, w = res
     k, _, cin, cout = w.shape
     dw = _dot(
@@ -263,10 +268,17 @@ def _conv_gemm_bwd(operand_dtype, res, dy):
         operand_dtype,
     ).reshape(w.shape)
     dcols = _dot(dy, w.reshape(k * k * cin, cout), (((3,), (1,)), ((), ())), operand_dtype)
-    # xp[i + a] fed output i through tap a: dxp[p] = sum_a dcols[p - a, tap a].
-    h, wd = dy.shape[1] + k - 1, dy.shape[2] + k - 1
-    dcols = jnp.pad(dcols, ((0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0)))
-    return _sum_of_windows(dcols, k, h, wd, offset=k - 1), dw
+    # x[r] fed output r + pt - a through tap a: dx[r] = sum_a dcols[r + pt - a, tap a] (the
+    # gather form of col2im: autodiff's transpose of im2col pads k*k copies of the whole map).
+    (pt, pb), (pl, pr) = pads
+    h, wd = dy.shape[1] - pt - pb + k - 1, dy.shape[2] - pl - pr + k - 1
+    dx = None
+    for a in range(k):
+        for b in range(k):
+            blk = (a * k + b) * cin
+            part = _shifted(dcols[..., blk : blk + cin], pt - a, pl - b, h, wd)
+            dx = part if dx is None else dx + part
+    return dx, dw
 
 
 _conv_gemm.defvjp(_conv_gemm_fwd, _conv_gemm_bwd)
@@ -297,7 +309,7 @@ def _conv_hybrid_bwd(pads, res, dy):
     # a correlation of dy with the flipped, in/out-swapped kernel, padded (k-1-pt, k-1-pb).
     w_t = jnp.swapaxes(w[::-1, ::-1], 2, 3)
     dx = _native(dy, w_t, 1, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
-    cols = im2col(jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), kh, kw)
+    cols = _patches(x, kh, kw, pads)
     dw = lax.dot_general(
         cols.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), (((0,), (0,)), ((), ()))
     ).reshape(w.shape)
