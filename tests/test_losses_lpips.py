@@ -148,3 +148,24 @@ def test_split_features_form_equals_module_value_and_gradient(net):
     gs = jax.grad(lambda a: jnp.sum(split(a, y)))(x)
     gw = jax.grad(lambda a: jnp.sum(whole(a, y)))(x)
     np.testing.assert_allclose(gs, gw, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(gw))))
+
+
+def test_unit_normalize_gradient_equals_autodiff_of_the_formula():
+    """The written-out backward of LPIPS's feature normalization is autodiff's derivative of
+    f / (sqrt(max(|f|^2, floor)) + eps), including at an all-zero feature vector (dead ReLUs)."""
+
+    def formula(f):
+        norm = jnp.sqrt(jnp.maximum(jnp.sum(f * f, axis=-1, keepdims=True), 1e-30))
+        return f / (norm + 1e-10)
+
+    kf, kg = jax.random.split(jax.random.key(3))
+    f = jax.nn.relu(jax.random.normal(kf, (2, 5, 4, 16)))
+    f = f.at[0, 1, 2].set(0.0)  # one all-zero vector
+    f = f.at[1, 3, 0].set(1e-3 * f[1, 3, 0])  # one tiny one
+    g = jax.random.normal(kg, f.shape)
+    np.testing.assert_allclose(perceptual._unit_normalize(f), formula(f), rtol=1e-6, atol=1e-7)
+    ours = jax.vjp(perceptual._unit_normalize, f)[1](g)[0]
+    ref = jax.vjp(formula, f)[1](g)[0]
+    assert np.all(np.isfinite(ours))
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ours[0, 1, 2], ref[0, 1, 2])
