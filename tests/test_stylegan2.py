@@ -284,3 +284,30 @@ def test_config_validation_and_channel_conventions():
     assert S.channels_from_multiplier(256, 2) == (512, 512, 512, 512, 512, 256, 128)
     cfg = CONFIGS["64-orig-skip-gray-cond"]
     assert S.StyleGAN2Config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(up=2, pad=(2, 1), gain=4.0), dict(pad=(2, 2), down=2), dict(pad=(1, 1))]
+)
+def test_upfirdn2d_gradient_equals_autodiff_of_shifted_slices(kw):
+    """upfirdn2d's FIR has a written-out transpose (the reversed taps over the zero-padded
+    gradient): equal to autodiff of the plain sum of shifted slices, with uneven taps too."""
+    from ganinv_jax.models import layers as L
+
+    def plain_fir(x, taps, axis):
+        n = x.shape[axis] - len(taps) + 1
+        return sum(jax.lax.slice_in_dim(x, k, k + n, axis=axis) * t for k, t in enumerate(taps))
+
+    taps = L.fir_taps((1, 2, 4, 3))  # not symmetric: a reversal mistake would show
+    x = jax.random.normal(jax.random.key(1), (2, 7, 6, 3))
+    ours = lambda x: L.upfirdn2d(x, taps, **kw)  # noqa: E731
+    y, vjp = jax.vjp(ours, x)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    orig = L._fir_1d
+    try:
+        L._fir_1d = plain_fir
+        y_ref, vjp_ref = jax.vjp(ours, x)
+    finally:
+        L._fir_1d = orig
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=1e-5, atol=1e-6)
