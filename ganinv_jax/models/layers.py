@@ -139,9 +139,10 @@ def upfirdn2d(
         hh, ww = x.shape[1], x.shape[2]
         x = x[:, max(-p0, 0) : hh - max(-p1, 0), max(-p0, 0) : ww - max(-p1, 0), :]
     x = _fir_1d(x, taps, axis=1)
-    x = _fir_1d(x, taps, axis=2)
-    if gain != 1.0:
-        x = x * gain
+    # The gain rides on the second pass's taps (for a power of 2, as here, bitwise the same as
+    # scaling the result): a separate multiply by a constant ends up inside the gradient's
+    # reductions, which XLA:CPU's YNN fusions take only as a materialized full-size operand.
+    x = _fir_1d(x, np.asarray(taps, np.float32) * np.float32(gain), axis=2)
     if down > 1:
         x = x[:, ::down, ::down, :]
     return x
