@@ -311,3 +311,25 @@ def test_upfirdn2d_gradient_equals_autodiff_of_shifted_slices(kw):
         L._fir_1d = orig
     np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bias_act_lrelu_equals_where_form_with_gradient():
+    """bias_act's lrelu (one multiply by a per-element slope, gain folded in) equals the plain
+    where(x >= 0, x, a x) * gain in value and gradient, at zero and with a clamp too."""
+    from ganinv_jax.models import layers as L
+
+    x = jax.random.normal(jax.random.key(4), (2, 5, 5, 6)) * 3
+    x = x.at[0, 0, 0].set(0.0)
+    b = jax.random.normal(jax.random.key(5), (6,))
+    for clamp in (None, 2.0):
+
+        def plain(x, b):
+            y = x + b
+            y = jnp.where(y >= 0, y, y * 0.2) * (L.SQRT2 * 0.5)
+            return y if clamp is None else jnp.clip(y, -clamp, clamp)
+
+        ours = lambda x, b: L.bias_act(x, b, gain=L.SQRT2 * 0.5, clamp=clamp)  # noqa: E731
+        np.testing.assert_allclose(ours(x, b), plain(x, b), rtol=1e-6, atol=1e-7)
+        g = jax.random.normal(jax.random.key(6), x.shape)
+        for got, want in zip(jax.vjp(ours, x, b)[1](g), jax.vjp(plain, x, b)[1](g)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

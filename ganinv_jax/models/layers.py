@@ -48,10 +48,14 @@ def bias_act(
     if bias is not None:
         x = x + bias.astype(x.dtype)
     if act == "lrelu":
-        x = jnp.where(x >= 0, x, x * alpha)
+        # One multiply by a per-element slope with the gain folded in: its gradient is the
+        # cotangent times the same slope, where autodiff of a where() selects against
+        # broadcast zeros (and a separate constant multiply lands in the gradient's reductions).
+        slope = jnp.where(x >= 0, jnp.asarray(gain, x.dtype), jnp.asarray(alpha * gain, x.dtype))
+        x = x * slope
     elif act != "linear":
         raise ValueError(f"unknown activation {act!r}")
-    if gain != 1.0:
+    elif gain != 1.0:
         x = x * gain
     if clamp is not None and clamp >= 0:
         x = jnp.clip(x, -clamp, clamp)
