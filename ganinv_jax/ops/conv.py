@@ -121,20 +121,44 @@ def _pad_pairs(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
     return (int(a), int(b)), (int(c), int(d))
 
 
-def im2col(x: jax.Array, kh: int, kw: int, stride: int = 1) -> jax.Array:
-    """[N,H,W,C] (already padded) -> [N,Ho,Wo,kh*kw*C], patch order (kh, kw, C) = HWIO's."""
+def _shifted(t: jax.Array, di: int, dj: int, out_h: int, out_w: int) -> jax.Array:
+    """out[:, i, j] = t[:, i + di, j + dj] where that is inside t, else 0; out is [N,out_h,out_w,C].
+
+    One slice and one pad: the zero border of a 'same' conv is added per tap, so neither the
+    padded input (forward) nor a padded copy of the whole patch gradient (backward) is built."""
+    n, h, w, c = t.shape
+    i0, i1 = max(-di, 0), min(out_h, h - di)
+    j0, j1 = max(-dj, 0), min(out_w, w - dj)
+    if i1 <= i0 or j1 <= j0:
+        return jnp.zeros((n, out_h, out_w, c), t.dtype)
+    part = lax.slice(t, (0, i0 + di, j0 + dj, 0), (n, i1 + di, j1 + dj, c))
+    return jnp.pad(part, ((0, 0), (i0, out_h - i1), (j0, out_w - j1), (0, 0)))
+
+
+def im2col(
+    x: jax.Array, kh: int, kw: int, stride: int = 1, pads: tuple = ((0, 0), (0, 0))
+) -> jax.Array:
+    """[N,H,W,C] zero-padded by `pads` ((top, bottom), (left, right)) -> [N,Ho,Wo,kh*kw*C],
+    patch order (kh, kw, C) = HWIO's. At stride 1 each tap is built from x itself (`_shifted`),
+    so no padded copy of x is made; strided patches are slices of the padded x."""
+    (pt, pb), (pl, pr) = pads
     n, h, w, c = x.shape
-    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
-    cols = [
-        lax.slice(
-            x,
-            (0, i, j, 0),
-            (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-            (1, stride, stride, 1),
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    ho, wo = (h + pt + pb - kh) // stride + 1, (w + pl + pr - kw) // stride + 1
+    if stride == 1:
+        cols = [_shifted(x, a - pt, b - pl, ho, wo) for a in range(kh) for b in range(kw)]
+    else:
+        if (pt, pb, pl, pr) != (0, 0, 0, 0):
+            x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        cols = [
+            lax.slice(
+                x,
+                (0, i, j, 0),
+                (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                (1, stride, stride, 1),
+            )
+            for i in range(kh)
+            for j in range(kw)
+        ]
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
@@ -214,36 +238,15 @@ def conv2d(
     if impl == "native":
         return _native(x, w, stride, ((pt, pb), (pl, pr)), operand_dtype)
     kh, kw, cin, cout = w.shape
+    pads = ((pt, pb), (pl, pr))
     if stride == 1 and kh == kw and kh > 1:
-        return _conv_gemm(x, w, ((pt, pb), (pl, pr)), operand_dtype)
-    if (pt, pb, pl, pr) != (0, 0, 0, 0):
-        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        return _conv_gemm(x, w, pads, operand_dtype)
     if kh == kw == 1:
+        if (pt, pb, pl, pr) != (0, 0, 0, 0):
+            x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
         return _matmul_last(x[:, ::stride, ::stride, :], w.reshape(cin, cout), operand_dtype)
-    return _matmul_last(im2col(x, kh, kw, stride), w.reshape(kh * kw * cin, cout), operand_dtype)
-
-
-def _shifted(t: jax.Array, di: int, dj: int, out_h: int, out_w: int) -> jax.Array:
-    """out[:, i, j] = t[:, i + di, j + dj] where that is inside t, else 0; out is [N,out_h,out_w,C].
-
-    One slice and one pad: the zero border of a 'same' conv is added per tap, so neither the
-    padded input (forward) nor a padded copy of the whole patch gradient (backward) is built."""
-    n, h, w, c = t.shape
-    i0, i1 = max(-di, 0), min(out_h, h - di)
-    j0, j1 = max(-dj, 0), min(out_w, w - dj)
-    if i1 <= i0 or j1 <= j0:
-        return jnp.zeros((n, out_h, out_w, c), t.dtype)
-    part = lax.slice(t, (0, i0 + di, j0 + dj, 0), (n, i1 + di, j1 + dj, c))
-    return jnp.pad(part, ((0, 0), (i0, out_h - i1), (j0, out_w - j1), (0, 0)))
-
-
-def _patches(x: jax.Array, kh: int, kw: int, pads) -> jax.Array:
-    """im2col of x zero-padded by `pads` ((top, bottom), (left, right)), stride 1:
-    [N,Ho,Wo,kh*kw*C] in HWIO patch order, built tap by tap from x itself."""
-    (pt, pb), (pl, pr) = pads
-    ho, wo = x.shape[1] + pt + pb - kh + 1, x.shape[2] + pl + pr - kw + 1
-    cols = [_shifted(x, a - pt, b - pl, ho, wo) for a in range(kh) for b in range(kw)]
-    return jnp.concatenate(cols, axis=-1)
+    cols = im2col(x, kh, kw, stride, pads)
+    return _matmul_last(cols, w.reshape(kh * kw * cin, cout), operand_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -254,7 +257,7 @@ def _conv_gemm(x: jax.Array, w: jax.Array, pads, operand_dtype: OperandDtype = N
 
 def _conv_gemm_fwd(x, w, pads, operand_dtype):
     k, _, cin, cout = w.shape
-    cols = _patches(x, k, k, pads)
+    cols = im2col(x, k, k, pads=pads)
     return _matmul_last(cols, w.reshape(k * k * cin, cout), operand_dtype), (cols, w)
 
 
@@ -309,7 +312,7 @@ def _conv_hybrid_bwd(pads, res, dy):
     # a correlation of dy with the flipped, in/out-swapped kernel, padded (k-1-pt, k-1-pb).
     w_t = jnp.swapaxes(w[::-1, ::-1], 2, 3)
     dx = _native(dy, w_t, 1, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
-    cols = _patches(x, kh, kw, pads)
+    cols = im2col(x, kh, kw, pads=pads)
     dw = lax.dot_general(
         cols.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), (((0,), (0,)), ((), ()))
     ).reshape(w.shape)
