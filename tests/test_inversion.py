@@ -178,6 +178,26 @@ def test_pti_tunes_and_reduces_mse(pti_runs, setup):
     assert np.all(mse(ref)[2:] < mse(short)[2:])
 
 
+def test_pti_drift_is_the_returned_weights_relative_change(pti_runs, setup):
+    """`state_metrics` (drift) is filled once per call from the state the call ended on: the
+    last entry is ||tuned|| / ||base|| of the returned weights, converged images keep theirs."""
+    ref, fr = pti_runs["ref"], setup[0]
+    sq = lambda leaves: sum(
+        np.sum(np.square(np.asarray(x, np.float64)), axis=tuple(range(1, x.ndim))) for x in leaves
+    )  # noqa: E731
+    base_sq = sum(
+        np.sum(np.square(np.asarray(x, np.float64)))
+        for x in jax.tree_util.tree_leaves(fr.arch.tunable(fr.g["params"]))
+    )
+    want = np.sqrt(sq(jax.tree_util.tree_leaves(ref["tuned"])) / base_sq)
+    np.testing.assert_allclose(ref["metrics"]["drift"], want, rtol=1e-4)
+    assert np.all(want > 0)
+    hist = ref["history"]["drift"]
+    np.testing.assert_array_equal(hist[-1], ref["metrics"]["drift"])
+    np.testing.assert_array_equal(hist[0, :2], hist[1, :2])  # converged at step 1: unchanged
+    assert np.all(hist[1, 2:] > hist[0, 2:])  # still tuning: the weights moved further
+
+
 def test_pti_vmap_equals_map_and_alone(pti_runs):
     # Rows 0, 1 reproduce their image exactly: their data gradient is float noise, which Adam's
     # first step normalizes to +-lr, so they are compared bitwise only where the program is the

@@ -336,8 +336,7 @@ def step(state, frozen: base.Frozen, cfg):
     )
     mse = base.mse1(gaux["x_star"][0], state["image"])
     # Diagnostics (curves in benchmarks/sweep_method.py): D's logits on the reconstruction
-    # G(w) and on the target x, and how far G's tunable weights (StyleGAN2: synthesis) moved
-    # from the base (relative L2).
+    # G(w) and on the target x; the weights' drift is `state_metrics`.
     metrics = dict(
         loss=gl,
         recon=gaux["recon"],
@@ -350,9 +349,6 @@ def step(state, frozen: base.Frozen, cfg):
         r1=daux["r1"],
         logit_query=gaux["logit_query"],
         logit_target=daux["logit_target"],
-        drift=base.relative_change(
-            frozen.arch.tunable(new["g"]), frozen.arch.tunable(frozen.g["params"])
-        ),
     )
     return new, metrics
 
@@ -372,6 +368,21 @@ def tuned_g(state, frozen: base.Frozen, cfg):
     return state["g"]
 
 
+def state_metrics(state, frozen: base.Frozen, cfg):
+    """drift: how far G's tunable weights (StyleGAN2: synthesis) moved from the base
+    (relative L2)."""
+    tunable = frozen.arch.tunable
+    return dict(drift=base.relative_change(tunable(state["g"]), tunable(frozen.g["params"])))
+
+
 METHOD = base.Method(
-    "clone", init, step, result, default_config, converged, tunes_weights=True, tuned_g=tuned_g
+    "clone",
+    init,
+    step,
+    result,
+    default_config,
+    converged,
+    tunes_weights=True,
+    tuned_g=tuned_g,
+    state_metrics=state_metrics,
 )

@@ -124,7 +124,6 @@ def ft_step(state, frozen: base.Frozen, cfg):
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state["params"])
     updates, opt = _tx(cfg).update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics["drift"] = base.relative_change(params, frozen.encoder)
     return dict(state, params=params, opt=opt), metrics
 
 
@@ -152,6 +151,13 @@ ENCODER = base.Method(
     tunes_weights=False,
     encodes=True,
 )
+
+
+def ft_state_metrics(state, frozen: base.Frozen, cfg):
+    """drift: ||φ - φ0|| / ||φ0|| of the tuned encoder."""
+    return dict(drift=base.relative_change(state["params"], frozen.encoder))
+
+
 ENCODER_FT = base.Method(
     "encoder_ft",
     ft_init,
@@ -161,4 +167,5 @@ ENCODER_FT = base.Method(
     ft_converged,
     tunes_weights=True,
     encodes=True,
+    state_metrics=ft_state_metrics,
 )

@@ -109,8 +109,20 @@ def _batched(fn, strategy: str, chunk_size: int):
 
 
 def _metric_zeros(method, state, frozen, cfg):
-    shapes = jax.eval_shape(lambda s, f: method.step(s, f, cfg)[1], state, frozen)
+    shapes = jax.eval_shape(
+        lambda s, f: _with_state_metrics(method, cfg, method.step(s, f, cfg)[1], s, f),
+        state,
+        frozen,
+    )
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+
+
+def _with_state_metrics(method, cfg, metrics, state, frozen):
+    """`metrics` plus the method's `state_metrics` of `state` (float32)."""
+    if method.state_metrics is None:
+        return metrics
+    extra = method.state_metrics(state, frozen, cfg)
+    return dict(metrics, **{k: jnp.asarray(v, jnp.float32) for k, v in extra.items()})
 
 
 def _recon_mse(method, state, frozen, cfg, target):
@@ -217,7 +229,8 @@ def _per_image_run(method, cfg, k: int, skip_inactive: bool, keep_best: bool, n_
             ),
             failed=jnp.where(active, ~ok, c["failed"]),
             iters=c["iters"] + keep.astype(jnp.int32),
-            metrics=base.tree_where(active, metrics, c["metrics"]),
+            # the state metrics' slots keep their last value: `run_one` fills them after the scan
+            metrics=base.tree_where(active, dict(c["metrics"], **metrics), c["metrics"]),
         )
 
     def run_one(c, n_allowed, frozen):
@@ -228,6 +241,8 @@ def _per_image_run(method, cfg, k: int, skip_inactive: bool, keep_best: bool, n_
             return step_one(c, frozen, active), None
 
         c = lax.scan(body, c, jnp.arange(k))[0]
+        # the state metrics of the state the K steps ended on
+        c = dict(c, metrics=_with_state_metrics(method, cfg, c["metrics"], c["state"], frozen))
         return _keep_best(method, cfg, c, frozen, n_probes) if keep_best else c
 
     return run_one

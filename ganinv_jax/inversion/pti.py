@@ -123,7 +123,6 @@ def step(state, frozen: base.Frozen, cfg, commit=True):
     ok = jnp.isfinite(metrics["loss"])
     commit = jnp.asarray(commit, bool) & ok
     params, opt = base.adam_step(state["params"], state["opt"], grads, _lr(cfg), commit)
-    metrics["drift"] = base.relative_change(params, frozen.arch.tunable(frozen.g["params"]))
     t = state["t"] + commit.astype(jnp.int32)
     key = jnp.where(commit, key, state["key"])
     return dict(state, t=t, key=key, params=params, opt=opt), metrics
@@ -147,6 +146,13 @@ def tuned_g(state, frozen: base.Frozen, cfg):
     return state["params"]
 
 
+def state_metrics(state, frozen: base.Frozen, cfg):
+    """drift: ||θ - θ0|| / ||θ0|| over the tuned weights."""
+    return dict(
+        drift=base.relative_change(state["params"], frozen.arch.tunable(frozen.g["params"]))
+    )
+
+
 METHOD = base.Method(
     "pti",
     init,
@@ -157,4 +163,5 @@ METHOD = base.Method(
     tunes_weights=True,
     tuned_g=tuned_g,
     commits_itself=True,
+    state_metrics=state_metrics,
 )

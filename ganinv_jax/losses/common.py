@@ -107,12 +107,15 @@ def tree_all_finite(tree) -> jax.Array:
     """One device-side bool: every floating leaf of `tree` is finite (integer leaves are skipped).
     The trainers' and the inversion engine's NaN guard (every step, over every tuned weight).
 
-    x * 0 is 0 for every finite x and NaN for NaN and ±inf, and a sum with a NaN in it is NaN:
-    one float sum per leaf is the whole check, exact, with no overflow. XLA:CPU runs it in ~0.6x
-    the time of all(isfinite(x)), which it reduces as a bool array in windows (10 leaves of
-    8x3x3x128x128: 1.7 vs 2.9 ms)."""
+    x - x is 0 for every finite x and NaN for NaN and ±inf, and a sum with a NaN in it is NaN:
+    one float sum per leaf is the whole check, exact, with no overflow. XLA:CPU runs it in ~0.4x
+    the time of all(isfinite(x)), which it reduces as a bool array in windows, and ~0.6x that of
+    sum(x * 0), whose zero its reduction kernel (YNNPACK) reads as a materialized full-size
+    operand (10 leaves of 8x3x3x128x128: x - x 1.2 ms, x * 0 1.9-2.0 ms in one run; x * 0 1.7
+    and all(isfinite) 2.9 ms in an earlier one). XLA does not fold x - x to 0 (that would be
+    wrong for NaN and inf)."""
     sums = [
-        jnp.sum(l * 0)
+        jnp.sum(l - l)
         for l in jax.tree_util.tree_leaves(tree)
         if jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact)
     ]
