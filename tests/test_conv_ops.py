@@ -44,6 +44,31 @@ CASES = [
         (1, 1, 4, 2),
         (3, 3, 2, 3),
     ),
+    # >= ROW_TAPS_MIN_PIXELS output pixels: the row-tap GEMM form (the others: full im2col)
+    (
+        "3x3_same_rows",
+        lambda x, w, i: conv_ops.conv2d(x, w, padding=1, impl=i),
+        (2, 16, 17, 5),
+        (3, 3, 5, 6),
+    ),
+    (
+        "3x3_asym_pad_rows",
+        lambda x, w, i: conv_ops.conv2d(x, w, padding=((0, 2), (1, 0)), impl=i),
+        (1, 18, 16, 3),
+        (3, 3, 3, 4),
+    ),
+    (
+        "3x3_pad_beyond_input_rows",
+        lambda x, w, i: conv_ops.conv2d(x, w, padding=((0, 3), (1, 1)), impl=i),
+        (1, 1, 130, 2),
+        (3, 3, 2, 3),
+    ),
+    (
+        "5x5_pad2_rows",
+        lambda x, w, i: conv_ops.conv2d(x, w, padding=2, impl=i),
+        (1, 16, 16, 3),
+        (5, 5, 3, 4),
+    ),
     ("1x1", lambda x, w, i: conv_ops.conv2d(x, w, impl=i), (2, 6, 6, 5), (1, 1, 5, 7)),
     (
         "1x1_stride2",
@@ -70,6 +95,20 @@ CASES = [
         (4, 4, 3, 2),
     ),
 ]
+
+
+def test_stride1_cases_cover_both_gemm_forms():
+    """The *_rows cases take the row-tap form (>= ROW_TAPS_MIN_PIXELS output pixels), the other
+    stride-1 k x k cases the full im2col GEMM: the tests below check both against native."""
+    forms = {}
+    for name, fn, xs, ws in CASES:
+        x, w = jnp.zeros(xs), jnp.zeros(ws)
+        if ws[0] == 1 or "stride2" in name or "transpose" in name:
+            continue
+        jaxpr = str(jax.make_jaxpr(lambda x, w: fn(x, w, "matmul"))(x, w))
+        forms[name] = "_conv_row_taps" in jaxpr, "_conv_gemm" in jaxpr
+    assert forms == {n: (n.endswith("_rows"), not n.endswith("_rows")) for n in forms}, forms
+    assert len(forms) == 9
 
 
 def _close(a, b, tol=1e-4):
@@ -130,7 +169,7 @@ MAPPERS = {
 
 
 @pytest.mark.parametrize("mapper", list(MAPPERS))
-@pytest.mark.parametrize("case", ["3x3_same", "transpose2x_3"])
+@pytest.mark.parametrize("case", ["3x3_same", "3x3_same_rows", "transpose2x_3"])
 def test_per_image_kernels_under_vmap_map_and_scan(case, mapper):
     _, fn, xs, ws = next(c for c in CASES if c[0] == case)
     b = 3
@@ -340,7 +379,7 @@ def _shard_map_8(f, xs, ws):
 
 
 @pytest.mark.parametrize("mapper", list(MAPPERS) + ["shard_map_8"])
-@pytest.mark.parametrize("case", ["3x3_same", "transpose2x_3", "1x1"])
+@pytest.mark.parametrize("case", ["3x3_same", "3x3_same_rows", "transpose2x_3", "1x1"])
 def test_bf16_operands_per_image_kernels_under_loops_and_devices(case, mapper):
     """The engine's shapes with bf16 operands: per-image kernels under vmap / lax.map / a scan
     and on 8 devices, against the float32 native conv of the rounded operands, image by image."""
