@@ -102,7 +102,8 @@ def run_one(
     lat = jnp.broadcast_to(base.mean_latent(fr), (batch, cfg.num_ws, cfg.w_dim))
     fr = jax.device_put(fr, repl)
     t0 = time.perf_counter()
-    carry = init(*jax.device_put((keys, imgs, lat, jnp.ones((batch,), bool)), data), fr)
+    active, max_drift = jnp.ones((batch,), bool), jnp.zeros((batch,))  # no drift budget
+    carry = init(*jax.device_put((keys, imgs, lat, active, max_drift), data), fr)
     jax.block_until_ready(carry)
     t_init = time.perf_counter() - t0
     n = jax.device_put(jnp.asarray(k, jnp.int32), repl)
