@@ -339,6 +339,12 @@ def relative_change(new: PyTree, old: PyTree) -> Array:
     return jnp.sqrt(sq(tree_sub(new, old)) / jnp.maximum(sq(old), 1e-30))
 
 
+def g_drift(frozen: Frozen, tuned: PyTree) -> dict:
+    """A G-tuning method's `state_metrics`: drift = ||θ - θ0|| / ||θ0|| of G's tunable weights
+    `tuned` (the `arch.tunable` sub-tree) against the frozen G's."""
+    return dict(drift=relative_change(tuned, frozen.arch.tunable(frozen.g["params"])))
+
+
 def check_latent(latent: Array, arch_or_cfg: Any) -> Array:
     """One image's latent, checked (and StyleGAN2's [w_dim] broadcast) against an `Arch` or a
     generator config: [*latent_shape] float32."""

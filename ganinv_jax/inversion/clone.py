@@ -369,10 +369,7 @@ def tuned_g(state, frozen: base.Frozen, cfg):
 
 
 def state_metrics(state, frozen: base.Frozen, cfg):
-    """drift: how far G's tunable weights (StyleGAN2: synthesis) moved from the base
-    (relative L2)."""
-    tunable = frozen.arch.tunable
-    return dict(drift=base.relative_change(tunable(state["g"]), tunable(frozen.g["params"])))
+    return base.g_drift(frozen, frozen.arch.tunable(state["g"]))
 
 
 METHOD = base.Method(

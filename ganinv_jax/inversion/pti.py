@@ -147,10 +147,7 @@ def tuned_g(state, frozen: base.Frozen, cfg):
 
 
 def state_metrics(state, frozen: base.Frozen, cfg):
-    """drift: ||θ - θ0|| / ||θ0|| over the tuned weights."""
-    return dict(
-        drift=base.relative_change(state["params"], frozen.arch.tunable(frozen.g["params"]))
-    )
+    return base.g_drift(frozen, state["params"])
 
 
 METHOD = base.Method(

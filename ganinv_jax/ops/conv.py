@@ -9,6 +9,10 @@ benchmarks/results/profile_tuning_step.md):
     channel axis) times the reshaped kernel is one GEMM. Its gradients are GEMMs plus pads and
     slices (autodiff of slicing), under any loop; under `vmap` with per-image kernels the GEMM
     becomes a batched GEMM instead of a grouped conv.
+  * From ROW_TAPS_MIN_PIXELS output pixels up a stride-1 conv takes the row-tap form: patches
+    along the width only (k taps, K = k*C), one GEMM to k output blocks (one per kernel row),
+    and the blocks summed with a row shift. The same FLOPs with a k times narrower patch matrix
+    and patch gradient: the im2col/col2im copies, not the GEMMs, were the cost at 16x16 and up.
   * The stride-2 transposed conv (StyleGAN2's up-sampling conv) as an lhs-dilated conv wastes
     3/4 of its multiplies on inserted zeros and its weight gradient is slow even outside loops.
     Here it is one GEMM that produces the k*k tap planes, placed on the output grid with
