@@ -294,11 +294,12 @@ def _conv_gemm_bwd(pads, operand_dtype, res, dy):
 _conv_gemm.defvjp(_conv_gemm_fwd, _conv_gemm_bwd)
 
 
-# The row-tap form from this many output pixels up, the full im2col GEMM below. Measured (a
-# 3x3 'same' conv with per-image kernels under vmap, 8 images, forward and both gradients in a
-# 10-step scan, 2-core CPU; s35/rowsvjp.py in the README's "Speed"): row taps / im2col time
-# 0.78 at 64x64 x 64 ch, 0.84 at 32x32 x 128, 0.90 at 16x16 x 128, 0.93 at 16x16 x 256,
-# 0.94-0.99 at 16x16 x 512 and 32x32 x 256-512; 1.01-1.10 at 8x8 and 4x4 (128-512 ch).
+# The row-tap form from this many output pixels up, the full im2col GEMM below. Measured by
+# benchmarks/bench_conv_forms.py (a 3x3 'same' conv, 8 images, 10 steps in a scan; 2-core CPU,
+# benchmarks/results/bench_conv_forms_cpu.json): with per-image kernels (forward and both
+# gradients under vmap) im2col / row-taps time 1.30 at 64x64 x 64 ch, 1.32 at 32x32 x 128,
+# 1.30 at 16x16 x 128, 1.13 at 16x16 x 256, 1.02-1.24 at 16-32 px x 32 ch, but 0.93-0.96 at
+# 8x8 (128-512 ch); with a shared kernel (forward + input gradient) 1.05-1.43 at 16x16 and up.
 ROW_TAPS_MIN_PIXELS = 256
 
 
