@@ -37,7 +37,8 @@ Result keys (numpy arrays, leading axis B in input order):
   converged   [B] bool            the method's stop criterion was met
   failed      [B] bool            a step produced NaN/Inf (state kept from the last finite step,
                                   but see the exception above)
-  metrics     dict of [B]         the metrics of each image's last step
+  metrics     dict of [B]         the metrics of each image's last step (a method's
+                                  `state_metrics`, e.g. drift: of its state after the call)
   best_mse, best_step [B]         with keep_best=True: the kept state's recon MSE (clipped to
                                   [-1, 1]) and step
   best_drift [B]                  with a drift budget: the kept state's probe drift (below)

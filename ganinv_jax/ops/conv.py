@@ -310,7 +310,7 @@ def _conv_row_taps(x: jax.Array, w: jax.Array, pads, operand_dtype: OperandDtype
     t = im2col_w(x) @ W3, W3[(b, c), (a, o)] = w[a, b, c, o]: one GEMM whose k output blocks are
     kernel row a's contribution at each input row; y[i] = sum_a t[i + a - pt, block a]. Against
     the full im2col GEMM (same FLOPs) the patch matrix and the patch gradient are k times
-    narrower (k*C instead of k*k*C): a third of the memory traffic at k = 3."""
+    narrower (k*C instead of k*k*C): a third of the patch data at k = 3."""
     return _conv_row_taps_fwd(x, w, pads, operand_dtype)[0]
 
 
