@@ -139,6 +139,17 @@ def _shifted(t: jax.Array, di: int, dj: int, out_h: int, out_w: int) -> jax.Arra
     return jnp.pad(part, ((0, 0), (i0, out_h - i1), (j0, out_w - j1), (0, 0)))
 
 
+def _sum_shifted_blocks(t: jax.Array, shifts, out_h: int, out_w: int) -> jax.Array:
+    """sum_i _shifted(block i of t's last axis, *shifts[i], out_h, out_w): the channel blocks of
+    a GEMM output, each laid on the output grid at its own offset (col2im as a gather)."""
+    c = t.shape[-1] // len(shifts)
+    parts = [
+        _shifted(t[..., i * c : (i + 1) * c], di, dj, out_h, out_w)
+        for i, (di, dj) in enumerate(shifts)
+    ]
+    return functools.reduce(jnp.add, parts)
+
+
 def im2col(
     x: jax.Array, kh: int, kw: int, stride: int = 1, pads: tuple = ((0, 0), (0, 0))
 ) -> jax.Array:
@@ -282,12 +293,7 @@ def _conv_gemm_bwd(pads, operand_dtype, res, dy):
     # gather form of col2im: autodiff's transpose of im2col pads k*k copies of the whole map).
     (pt, pb), (pl, pr) = pads
     h, wd = dy.shape[1] - pt - pb + k - 1, dy.shape[2] - pl - pr + k - 1
-    dx = None
-    for a in range(k):
-        for b in range(k):
-            blk = (a * k + b) * cin
-            part = _shifted(dcols[..., blk : blk + cin], pt - a, pl - b, h, wd)
-            dx = part if dx is None else dx + part
+    dx = _sum_shifted_blocks(dcols, [(pt - a, pl - b) for a in range(k) for b in range(k)], h, wd)
     return dx, dw
 
 
@@ -321,10 +327,7 @@ def _conv_row_taps_fwd(x, w, pads, operand_dtype):
     xw = im2col(x, 1, k, pads=((0, 0), (pl, pr)))  # [N, H, Wo, (b, C)]
     w3 = jnp.transpose(w, (1, 2, 0, 3)).reshape(k * cin, k * cout)
     t = _dot(xw, w3, (((3,), (0,)), ((), ())), operand_dtype)  # [N, H, Wo, (a, O)]
-    y = None
-    for a in range(k):
-        part = _shifted(t[..., a * cout : (a + 1) * cout], a - pt, 0, ho, xw.shape[2])
-        y = part if y is None else y + part
+    y = _sum_shifted_blocks(t, [(a - pt, 0) for a in range(k)], ho, xw.shape[2])
     return y, (xw, w3)
 
 
@@ -343,11 +346,7 @@ def _conv_row_taps_bwd(pads, operand_dtype, res, dy):
     dw = jnp.transpose(dw3.reshape(k, cin, k, cout), (2, 0, 1, 3))
     dxw = _dot(dt, w3, (((3,), (1,)), ((), ())), operand_dtype)  # [N, H, Wo, (b, C)]
     # x[:, j] fed output column j + pl - b through tap b (the width col2im, as a gather).
-    wd = wo - pl - pr + k - 1
-    dx = None
-    for b in range(k):
-        part = _shifted(dxw[..., b * cin : (b + 1) * cin], 0, pl - b, h, wd)
-        dx = part if dx is None else dx + part
+    dx = _sum_shifted_blocks(dxw, [(0, pl - b) for b in range(k)], h, wo - pl - pr + k - 1)
     return dx, dw
 
 
