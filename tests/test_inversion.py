@@ -182,14 +182,14 @@ def test_pti_drift_is_the_returned_weights_relative_change(pti_runs, setup):
     """`state_metrics` (drift) is filled once per call from the state the call ended on: the
     last entry is ||tuned|| / ||base|| of the returned weights, converged images keep theirs."""
     ref, fr = pti_runs["ref"], setup[0]
-    sq = lambda leaves: sum(
-        np.sum(np.square(np.asarray(x, np.float64)), axis=tuple(range(1, x.ndim))) for x in leaves
-    )  # noqa: E731
-    base_sq = sum(
-        np.sum(np.square(np.asarray(x, np.float64)))
-        for x in jax.tree_util.tree_leaves(fr.arch.tunable(fr.g["params"]))
-    )
-    want = np.sqrt(sq(jax.tree_util.tree_leaves(ref["tuned"])) / base_sq)
+
+    def sq(tree, per_image):  # sum of squares over all leaves (per image: over axes 1..)
+        return sum(
+            np.sum(np.square(np.asarray(x, np.float64)), axis=tuple(range(per_image, x.ndim)))
+            for x in jax.tree_util.tree_leaves(tree)
+        )
+
+    want = np.sqrt(sq(ref["tuned"], 1) / sq(fr.arch.tunable(fr.g["params"]), 0))
     np.testing.assert_allclose(ref["metrics"]["drift"], want, rtol=1e-4)
     assert np.all(want > 0)
     hist = ref["history"]["drift"]
